@@ -1,0 +1,90 @@
+"""What a model costs: parameters, bytes, and per-width active parameters and MACs.
+
+Per-width figures come from the layers themselves (the ``costs`` collection they
+record), traced abstractly with ``jax.eval_shape``: they follow the real sliced
+shapes at that width, with AWN's mask zeros excluded, and compute nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["WidthCost", "count_leaves", "model_size_bytes", "width_cost", "width_costs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WidthCost:
+    """Cost of one width per example.
+
+    Attributes:
+      width: the width factor.
+      params: active trainable parameters (mask zeros excluded).
+      macs: multiply-accumulates of convs and dense layers per example.
+    """
+
+    width: float
+    params: int
+    macs: int
+
+
+def count_leaves(tree: Any) -> int:
+    """Number of scalars in a pytree of arrays."""
+    return int(sum(np.prod(np.shape(leaf), dtype=np.int64) for leaf in jax.tree.leaves(tree)))
+
+
+def model_size_bytes(variables: Mapping[str, Any]) -> int:
+    """Bytes of every stored variable (parameters and BatchNorm statistics)."""
+    return int(
+        sum(
+            np.prod(np.shape(leaf), dtype=np.int64) * np.dtype(leaf.dtype).itemsize
+            for leaf in jax.tree.leaves(variables)
+        )
+    )
+
+
+def _sum_recorded(tree: Any, name: str) -> int:
+    total = 0
+    for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if any(getattr(k, "key", None) == name for k in path):
+            total += int(value)
+    return total
+
+
+def width_cost(
+    model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int], width: float
+) -> WidthCost:
+    """Active parameters and MACs per example of ``model`` at ``width``.
+
+    Args:
+      model: an any-width model.
+      variables: its variables (only shapes are read).
+      input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+      width: the width factor.
+    """
+    recorded = {}
+
+    def run(v):
+        _, state = model.apply(
+            v, jnp.zeros((1, *input_shape), jnp.float32), width=width, mutable=["costs"]
+        )
+        # The recorded counts are Python ints: keep them out of the traced outputs.
+        recorded.update(state["costs"])
+
+    jax.eval_shape(run, variables)
+    return WidthCost(width, _sum_recorded(recorded, "params"), _sum_recorded(recorded, "macs"))
+
+
+def width_costs(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    input_shape: Sequence[int],
+    widths: Sequence[float],
+) -> list[WidthCost]:
+    """:func:`width_cost` at each of ``widths``."""
+    return [width_cost(model, variables, input_shape, w) for w in widths]

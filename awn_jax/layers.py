@@ -1,0 +1,443 @@
+"""Any-width Flax layers: triangular and sliced convs/dense, width-aware BatchNorm.
+
+Every layer holds its full-width parameters and runs on a channel prefix. The
+width is a static Python float: it selects static slices, so each width compiles
+to a program with the narrow shapes (and the narrow cost).
+
+Layers record two optional collections when the caller makes them mutable:
+
+* ``costs``: ``macs`` (multiply-accumulates per example) and ``params`` (active
+  parameters, mask zeros excluded) of each call;
+* ``batch_moments``: the batch mean and (unbiased) variance BatchNorm computed in
+  train mode, for training and calibration code that updates statistics itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from awn_jax import masks
+from awn_jax.widths import num_channels, sorted_unique, validate_width
+
+__all__ = [
+    "SlicedConv",
+    "TriangularConv",
+    "SlicedDense",
+    "TriangularDense",
+    "DepthwiseConv",
+    "PrefixBatchNorm",
+    "SwitchableBatchNorm",
+    "CalibratedBatchNorm",
+    "next_listed_width",
+]
+
+Array = Any
+Initializer = Callable[..., Array]
+
+# He-normal on fan-out, as the slimmable/AWN reference code initialises convs.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _checked_param(module: nn.Module, name: str, init: Initializer, shape: tuple, dtype) -> Array:
+    """``module.param`` with a clear error when stored and needed shapes differ."""
+    if module.has_variable("params", name):
+        have = tuple(module.get_variable("params", name).shape)
+        if have != tuple(shape):
+            raise ValueError(
+                f"{type(module).__name__} '{module.name}': this input needs a {name!r} of"
+                f" shape {tuple(shape)}, but the variables hold shape {have}. The variables"
+                " were initialised for another input size or channel count; pass inputs"
+                " shaped like those used at init (or init again)."
+            )
+    return module.param(name, init, tuple(shape), dtype)
+
+
+def _record(module: nn.Module, collection: str, name: str, value: Any) -> None:
+    if not module.is_initializing():
+        module.sow(collection, name, value)
+
+
+class _WidthLinear(nn.Module):
+    """Shared logic of width-sliced convs and dense layers (not public)."""
+
+    features: int
+    in_features: int | None = None
+    use_bias: bool = True
+    fixed_input: bool = False
+    fixed_output: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    triangular: ClassVar[bool] = False
+
+    def _active_counts(self, x: Array, width: float | None) -> tuple[int, int, int]:
+        """Returns (full inputs, active inputs, active outputs)."""
+        c_in = x.shape[-1]
+        if self.fixed_input:
+            full_in = self.in_features or c_in
+            if c_in != full_in:
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}' reads all {full_in} input"
+                    f" channels at every width, got an input with {c_in}."
+                )
+        else:
+            if self.in_features is None:
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}' needs in_features (the full input"
+                    " channel count) unless fixed_input=True."
+                )
+            full_in = self.in_features
+            expected = c_in if width is None else num_channels(width, full_in)
+            if c_in != expected or c_in > full_in:
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}' expects {expected} of its"
+                    f" {full_in} input channels at width {width}, got {c_in}."
+                )
+        if self.fixed_output:
+            c_out = self.features
+        elif width is None:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' slices its outputs: pass width."
+            )
+        else:
+            c_out = num_channels(width, self.features)
+        return full_in, c_in, c_out
+
+    def _sliced_kernel(self, lead_shape: tuple, x: Array, width: float | None):
+        full_in, c_in, c_out = self._active_counts(x, width)
+        kernel = _checked_param(
+            self, "kernel", self.kernel_init, (*lead_shape, full_in, self.features), self.param_dtype
+        )
+        kernel = kernel[..., :c_in, :c_out]
+        receptive = int(np.prod(lead_shape, dtype=np.int64))
+        if self._is_masked:
+            mask = masks.triangular_mask(full_in, self.features)[:c_in, :c_out]
+            kernel = kernel * jnp.asarray(mask, kernel.dtype)
+            weights = receptive * masks.mask_nonzeros(full_in, self.features, c_in, c_out)
+        else:
+            weights = receptive * c_in * c_out
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)[:c_out]
+        _record(self, "costs", "params", weights + (c_out if self.use_bias else 0))
+        return kernel, bias, weights
+
+    @property
+    def _is_masked(self) -> bool:
+        # A fixed side never changes, so it constrains nothing.
+        return self.triangular and not (self.fixed_input or self.fixed_output)
+
+    def _finish(self, y: Array, bias: Array | None, macs: int) -> Array:
+        _record(self, "costs", "macs", macs)
+        if bias is not None:
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+def _pairs(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {value!r}.")
+    return value
+
+
+def _padding(padding: str | int | Sequence) -> str | list[tuple[int, int]]:
+    if isinstance(padding, str):
+        return padding.upper()
+    if isinstance(padding, int):
+        return [(padding, padding)] * 2
+    return [tuple(p) if not isinstance(p, int) else (p, p) for p in padding]
+
+
+class SlicedConv(_WidthLinear):
+    """2-D convolution (NHWC) that runs on a prefix of its channels.
+
+    At width ``w`` it reads the first ``num_channels(w, in_features)`` inputs
+    (all of them if ``fixed_input``) and computes the first
+    ``num_channels(w, features)`` outputs (all of them if ``fixed_output``).
+
+    Attributes:
+      features: full output channel count.
+      kernel_size: ``(kh, kw)``.
+      in_features: full input channel count (may be omitted if ``fixed_input``).
+      strides: int or pair.
+      padding: ``'SAME'``, ``'VALID'``, an int or per-dimension pairs.
+    """
+
+    kernel_size: Sequence[int] = (3, 3)
+    strides: int | Sequence[int] = 1
+    padding: str | int | Sequence = "SAME"
+    kernel_init: Initializer = conv_kernel_init
+
+    @nn.compact
+    def __call__(self, x: Array, width: float | None) -> Array:
+        """Applies the conv at ``width`` to ``x`` of shape ``(N, H, W, active_in)``."""
+        kh, kw = _pairs(self.kernel_size, "kernel_size")
+        kernel, bias, weights = self._sliced_kernel((kh, kw), x, width)
+        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+        y = lax.conv_general_dilated(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            window_strides=_pairs(self.strides, "strides"),
+            padding=_padding(self.padding),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return self._finish(y, bias, int(y.shape[1] * y.shape[2]) * weights)
+
+
+class TriangularConv(SlicedConv):
+    """:class:`SlicedConv` whose kernel is multiplied by the exact triangular mask.
+
+    Each active output channel then reads only input channels that are active at
+    every width where it is, so its value does not depend on the width.
+    """
+
+    triangular: ClassVar[bool] = True
+
+
+class SlicedDense(_WidthLinear):
+    """Dense layer over a channel prefix, contracting the trailing axes of its input.
+
+    An input ``(N, *spatial, c)`` is contracted with a kernel of shape
+    ``(*spatial, in_features, features)`` sliced to ``c`` inputs, which is a dense
+    layer on the flattened map where the channel prefix stays a prefix. With no
+    spatial axes this is an ordinary dense layer.
+
+    ``width=None`` takes the active input count from the input (for classifiers
+    with ``fixed_output=True``); then a zero-padded full-width input gives the same
+    result as the sliced one.
+    """
+
+    @nn.compact
+    def __call__(self, x: Array, width: float | None = None) -> Array:
+        """Applies the layer to ``x`` of shape ``(N, *spatial, active_in)``."""
+        spatial = tuple(x.shape[1:-1])
+        kernel, bias, weights = self._sliced_kernel(spatial, x, width)
+        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=len(spatial) + 1)
+        return self._finish(y, bias, weights)
+
+
+class TriangularDense(SlicedDense):
+    """:class:`SlicedDense` with the exact triangular mask on its kernel."""
+
+    triangular: ClassVar[bool] = True
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise 2-D conv over a channel prefix: sliced, never masked.
+
+    Attributes:
+      features: full channel count; the active count is read from the input.
+    """
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: int | Sequence[int] = 1
+    padding: str | int | Sequence = "SAME"
+    use_bias: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = conv_kernel_init
+
+    @nn.compact
+    def __call__(self, x: Array, width: float | None = None) -> Array:
+        """Applies the conv to ``x`` of shape ``(N, H, W, c)`` with ``c <= features``."""
+        c = x.shape[-1]
+        expected = c if width is None else num_channels(width, self.features)
+        if c != expected or c > self.features:
+            raise ValueError(
+                f"DepthwiseConv '{self.name}' expects {expected} of its {self.features}"
+                f" channels at width {width}, got {c}."
+            )
+        kh, kw = _pairs(self.kernel_size, "kernel_size")
+        kernel = _checked_param(
+            self, "kernel", self.kernel_init, (kh, kw, 1, self.features), self.param_dtype
+        )[..., :c]
+        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+        y = lax.conv_general_dilated(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            window_strides=_pairs(self.strides, "strides"),
+            padding=_padding(self.padding),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=c,
+        )
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)[:c]
+        _record(self, "costs", "params", kh * kw * c + (c if self.use_bias else 0))
+        _record(self, "costs", "macs", int(y.shape[1] * y.shape[2]) * kh * kw * c)
+        return y
+
+
+def next_listed_width(width: float, listed: Sequence[float]) -> int:
+    """Index of the smallest listed width ``>= width`` (the paper's selection rule).
+
+    Raises:
+      ValueError: if ``width`` is above every listed width.
+    """
+    width = validate_width(width)
+    for index, candidate in enumerate(listed):
+        if candidate >= width:
+            return index
+    raise ValueError(
+        f"width {width} is above the largest listed BatchNorm width {max(listed)};"
+        " list a width >= it (bn_widths) or run at a smaller width."
+    )
+
+
+def _moments(x: Array) -> tuple[Array, Array, Array]:
+    """Per-channel mean, biased variance and unbiased variance over all other axes."""
+    axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=axes)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+    n = int(np.prod([x.shape[a] for a in axes]))
+    unbiased = var * (n / max(n - 1, 1))
+    return mean, var, unbiased
+
+
+class _PrefixNorm(nn.Module):
+    """BatchNorm arithmetic on a channel prefix (not public).
+
+    Follows PyTorch's semantics, as the reference code does: normalise with the
+    biased batch variance, track the unbiased one; ``momentum`` is Flax's (the
+    weight of the old value), so PyTorch's 0.1 is 0.9 here.
+    """
+
+    features: int
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _affine(self, suffix: str, size: int) -> tuple[Array, Array]:
+        scale = self.param("scale" + suffix, nn.initializers.ones, (size,), self.param_dtype)
+        bias = self.param("bias" + suffix, nn.initializers.zeros, (size,), self.param_dtype)
+        return scale, bias
+
+    def _stats(self, suffix: str, size: int) -> tuple[Any, Any]:
+        mean = self.variable("batch_stats", "mean" + suffix, jnp.zeros, (size,), jnp.float32)
+        var = self.variable("batch_stats", "var" + suffix, jnp.ones, (size,), jnp.float32)
+        return mean, var
+
+    def _normalize(self, x, mean, var, scale, bias):
+        c = x.shape[-1]
+        _record(self, "costs", "params", 2 * c)
+        inv = lax.rsqrt(var[:c] + self.epsilon) * scale[:c]
+        y = (x.astype(jnp.float32) - mean[:c]) * inv + bias[:c]
+        return y.astype(self.dtype or x.dtype)
+
+    def _train(self, x, stats, scale, bias):
+        """Normalises with batch statistics and updates ``stats`` on the prefix."""
+        mean, var, unbiased = _moments(x)
+        _record(self, "batch_moments", "moments", (mean, unbiased))
+        if not self.is_initializing():
+            if self.is_mutable_collection("batch_stats"):
+                c = x.shape[-1]
+                m = self.momentum
+                ra_mean, ra_var = stats
+                ra_mean.value = ra_mean.value.at[:c].set(m * ra_mean.value[:c] + (1 - m) * mean)
+                ra_var.value = ra_var.value.at[:c].set(m * ra_var.value[:c] + (1 - m) * unbiased)
+            elif not self.is_mutable_collection("batch_moments"):
+                raise ValueError(
+                    "train=True updates BatchNorm statistics: call apply(...,"
+                    " mutable=['batch_stats'])."
+                )
+        return self._normalize(x, mean, var, scale, bias)
+
+    def _check(self, x, size):
+        if x.shape[-1] > size:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' has {size} channels at this width,"
+                f" got an input with {x.shape[-1]}."
+            )
+
+
+class PrefixBatchNorm(_PrefixNorm):
+    """One BatchNorm shared by every width: the first ``c`` channels serve width ``w``.
+
+    AWN's BatchNorm (the triangular layers make a channel's statistics independent
+    of the width) and the "standard BN" baseline's.
+    """
+
+    @nn.compact
+    def __call__(self, x: Array, width: float | None = None, train: bool = False) -> Array:
+        """Normalises ``x`` of shape ``(..., c)``, ``c <= features``; ``width`` is unused."""
+        del width
+        self._check(x, self.features)
+        scale, bias = self._affine("", self.features)
+        stats = self._stats("", self.features)
+        if train:
+            return self._train(x, stats, scale, bias)
+        return self._normalize(x, stats[0].value, stats[1].value, scale, bias)
+
+
+class SwitchableBatchNorm(_PrefixNorm):
+    """S-Net's switchable BatchNorm: one BatchNorm (affine and statistics) per listed width.
+
+    The BatchNorm of listed width ``w_i`` has ``num_channels(w_i, features)``
+    channels. At any width the smallest listed width ``>= w`` serves, sliced.
+
+    Attributes:
+      widths: the listed widths (any order; stored sorted).
+    """
+
+    widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0)
+
+    @nn.compact
+    def __call__(self, x: Array, width: float, train: bool = False) -> Array:
+        """Normalises ``x`` at ``width`` with the next-larger listed width's BatchNorm."""
+        listed = sorted_unique(self.widths)
+        if not listed:
+            raise ValueError("SwitchableBatchNorm needs at least one listed width.")
+        # Every listed BatchNorm exists from init on, whichever width runs.
+        norms = []
+        for i, w in enumerate(listed):
+            size = num_channels(w, self.features)
+            norms.append((size, self._affine(f"_{i}", size), self._stats(f"_{i}", size)))
+        size, (scale, bias), stats = norms[next_listed_width(width, listed)]
+        self._check(x, size)
+        if train:
+            return self._train(x, stats, scale, bias)
+        return self._normalize(x, stats[0].value, stats[1].value, scale, bias)
+
+
+class CalibratedBatchNorm(_PrefixNorm):
+    """US-Net's BatchNorm: shared affine, plus statistics calibrated per listed width.
+
+    Training updates the shared statistics. After training, calibration
+    (``awn_jax.calibration``) fills ``mean_i``/``var_i`` for each listed width;
+    evaluation then uses the smallest calibrated width ``>= w``, sliced. With no
+    calibrated widths it falls back to the shared statistics.
+
+    Attributes:
+      widths: the calibrated widths (empty before calibration).
+    """
+
+    widths: Sequence[float] = ()
+
+    @nn.compact
+    def __call__(self, x: Array, width: float, train: bool = False) -> Array:
+        """Normalises ``x`` at ``width``."""
+        self._check(x, self.features)
+        scale, bias = self._affine("", self.features)
+        stats = self._stats("", self.features)
+        listed = sorted_unique(self.widths)
+        calibrated = [self._stats(f"_{i}", num_channels(w, self.features)) for i, w in enumerate(listed)]
+        if train:
+            return self._train(x, stats, scale, bias)
+        if calibrated:
+            mean, var = calibrated[next_listed_width(width, listed)]
+            self._check(x, mean.value.shape[0])
+            return self._normalize(x, mean.value, var.value, scale, bias)
+        return self._normalize(x, stats[0].value, stats[1].value, scale, bias)

@@ -1,0 +1,22 @@
+"""Any-width models and a registry by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+
+from awn_jax.models.common import VARIANTS, variant_spec
+from awn_jax.models.lenet import LeNet3C1L
+from awn_jax.models.mobilenet_v2 import MobileNetV2
+
+__all__ = ["LeNet3C1L", "MobileNetV2", "MODELS", "VARIANTS", "create_model", "variant_spec"]
+
+MODELS = {"lenet3c1l": LeNet3C1L, "mobilenet_v2": MobileNetV2}
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Builds a registered model by name (``lenet3c1l`` or ``mobilenet_v2``)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    return MODELS[name](**kwargs)

@@ -1,0 +1,29 @@
+"""awn_jax: Any-Width Networks in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="awn_jax",
+    version="0.1.0",
+    description="Any-Width Networks (and S-Net / US-Net baselines) in JAX and Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["awn_jax", "awn_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9.7",
+        "array_record>=0.5",
+        "importlib_resources",
+        "ml-collections>=1.0",
+        "chex>=0.1.89",
+        "numpy>=1.26",
+        "pillow>=10",
+        "matplotlib>=3.8",
+        "absl-py>=2.1",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+)
