@@ -1,0 +1,191 @@
+"""Models: prefix invariance (DESIGN.md invariant 1), sizes, public API, errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from awn_jax import costs
+from awn_jax.models import LeNet3C1L, MobileNetV2, create_model
+from awn_jax.widths import num_channels
+
+LENET_X = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+MBV2_X = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _model_and_variables(name, variant):
+    model = create_model(name, variant=variant)
+    x = LENET_X if name == "lenet3c1l" else MBV2_X
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.asarray(x))
+    # Non-trivial running statistics, so eval mode tests more than the identity.
+    rng = np.random.default_rng(2)
+    stats = jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype), variables["batch_stats"])
+    return model, x, {"params": variables["params"], "batch_stats": stats}
+
+
+def _is_hidden(module, method_name):
+    # Every layer output except the logits (the classifier and the model itself).
+    return method_name == "__call__" and module.name not in (None, "classifier")
+
+
+def _hidden_maps(model, variables, x, width, train):
+    mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
+
+    @jax.jit
+    def run(variables, x):
+        return model.apply(
+            variables, x, width=width, train=train,
+            capture_intermediates=_is_hidden, mutable=mutable,
+        )[1]
+
+    state = run(variables, jnp.asarray(x))
+    flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+    return {jax.tree_util.keystr(path): np.asarray(v) for path, v in flat}
+
+
+def _max_prefix_gap(name, variant, w1, w2, train):
+    model, x, variables = _model_and_variables(name, variant)
+    small = _hidden_maps(model, variables, x, w1, train)
+    large = _hidden_maps(model, variables, x, w2, train)
+    assert small.keys() == large.keys() and len(small) > 5
+    gap = 0.0
+    for key, a in small.items():
+        b = large[key]
+        assert a.shape[-1] <= b.shape[-1], key
+        scale = 1.0 + np.abs(b[..., : a.shape[-1]]).max()
+        gap = max(gap, np.abs(a - b[..., : a.shape[-1]]).max() / scale)
+    return gap
+
+
+def _width_pairs(n, seed):
+    rng = np.random.default_rng(seed)
+    pairs = []
+    while len(pairs) < n:
+        w1, w2 = np.sort(rng.uniform(0.05, 1.0, 2))
+        if num_channels(w1, 45) < num_channels(w2, 45):
+            pairs.append((float(w1), float(w2)))
+    return pairs
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("w1,w2", _width_pairs(6, 0) + [(0.25, 1.0), (0.5, 0.75)])
+def test_lenet_awn_hidden_maps_are_prefixes_across_widths(w1, w2, train):
+    assert _max_prefix_gap("lenet3c1l", "awn", w1, w2, train) < 1e-5
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("w1,w2", _width_pairs(2, 1) + [(0.25, 1.0)])
+def test_mobilenet_awn_hidden_maps_are_prefixes_across_widths(w1, w2, train):
+    assert _max_prefix_gap("mobilenet_v2", "awn", w1, w2, train) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["lenet3c1l", "mobilenet_v2"])
+@pytest.mark.parametrize("train", [False, True])
+def test_standard_variant_violates_prefix_invariance(name, train):
+    assert _max_prefix_gap(name, "standard", 0.5, 1.0, train) > 1e-2
+
+
+def test_public_api_logits_features_and_batch_stats():
+    model = LeNet3C1L(variant="awn")
+    x = jnp.asarray(LENET_X)
+    variables = model.init(jax.random.key(0), x, width=1.0, train=False)
+    assert model.apply(variables, x, width=0.5, train=False).shape == (4, 10)
+    feats = model.apply(variables, x, width=0.5, train=False, method=model.features)
+    assert feats.shape == (4, 4, 4, 22)
+    logits, state = model.apply(variables, x, width=0.5, train=True, mutable=["batch_stats"])
+    assert logits.shape == (4, 10)
+    assert jax.tree.map(jnp.shape, state["batch_stats"]) == jax.tree.map(jnp.shape, variables["batch_stats"])
+    assert not np.allclose(state["batch_stats"]["bn1"]["mean"][:22], 0.0)
+    np.testing.assert_array_equal(state["batch_stats"]["bn1"]["mean"][22:], 0.0)
+
+
+def test_classify_of_zero_padded_features_equals_sliced_logits():
+    model, x, variables = _model_and_variables("lenet3c1l", "awn")
+    full = model.apply(variables, jnp.asarray(x), width=1.0, method=model.features)
+    c = num_channels(0.4, 45)
+    padded = full * (jnp.arange(45) < c)
+    np.testing.assert_allclose(
+        model.apply(variables, padded, method=model.classify),
+        model.apply(variables, jnp.asarray(x), width=0.4),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+def _size(name, variant, bn_widths=None):
+    model = create_model(name, variant=variant, bn_widths=bn_widths)
+    shape = (1, 28, 28, 1) if name == "lenet3c1l" else (1, 32, 32, 3)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    return costs.model_size_bytes(variables), costs.count_leaves(variables["params"])
+
+
+@pytest.mark.parametrize("name", ["lenet3c1l", "mobilenet_v2"])
+def test_snet_and_usnet_grow_with_listed_widths_awn_does_not(name):
+    spaced = lambda n: tuple(np.linspace(0.25, 1.0, n))
+    snet = [_size(name, "snet", spaced(n))[0] for n in (2, 4, 8)]
+    usnet = [_size(name, "usnet", spaced(n))[0] for n in (0, 4, 10, 20)]
+    assert snet == sorted(set(snet)) and usnet == sorted(set(usnet))
+    # AWN has no per-width storage: its variables are the same after running at any width.
+    model, x, variables = _model_and_variables(name, "awn")
+    for w in (0.3, 0.77):
+        run = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w, train=True, mutable=["batch_stats"]))
+        _, state = run(variables, jnp.asarray(x))
+        assert jax.tree.map(jnp.shape, state["batch_stats"]) == jax.tree.map(jnp.shape, variables["batch_stats"])
+
+
+def test_awn_active_parameters_match_the_baseline_at_full_width():
+    model, _, variables = _model_and_variables("lenet3c1l", "awn")
+    awn = costs.width_cost(model, variables, (28, 28, 1), 1.0)
+    base_model, _, base_vars = _model_and_variables("lenet3c1l", "standard")
+    base = costs.width_cost(base_model, base_vars, (28, 28, 1), 1.0)
+    assert _size("lenet3c1l", "awn")[1] > 1.8 * _size("lenet3c1l", "standard")[1]
+    assert abs(awn.params / base.params - 1) < 0.1
+    # MACs shrink with width and equal the conv shapes' arithmetic for the baseline.
+    c = num_channels(0.5, 32)
+    expected = 26 * 26 * 9 * c + 24 * 24 * 9 * c * c + 8 * 8 * 25 * c * c + 16 * c * 10
+    assert costs.width_cost(base_model, base_vars, (28, 28, 1), 0.5).macs == expected
+
+
+def test_mobilenet_awn_has_sqrt2_wider_layers():
+    model, _, variables = _model_and_variables("mobilenet_v2", "awn")
+    p = variables["params"]
+    assert p["stem"]["kernel"].shape == (3, 3, 3, 45)
+    assert p["head"]["kernel"].shape[-1] == round(1280 * 2**0.5)
+    assert p["classifier"]["kernel"].shape == (round(1280 * 2**0.5), 10)
+
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (np.zeros((28, 28, 1), np.float32), "NHWC"),
+        (np.zeros((2, 28, 28, 1), np.int32), "floating-point"),
+        (np.zeros((2, 28, 28, 3), np.float32), "initialised for another input"),
+        (np.zeros((2, 32, 32, 1), np.float32), "initialised for another input"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(x, match):
+    model, _, variables = _model_and_variables("lenet3c1l", "awn")
+    with pytest.raises(ValueError, match=match):
+        model.apply(variables, jnp.asarray(x), width=1.0)
+
+
+@pytest.mark.parametrize("width", [0, -1, 1.5, float("nan"), "half", [0.5]])
+def test_bad_widths_get_clear_errors(width):
+    model, x, variables = _model_and_variables("lenet3c1l", "awn")
+    with pytest.raises(ValueError, match=r"width must be"):
+        model.apply(variables, jnp.asarray(x), width=width)
+
+
+def test_bad_model_arguments():
+    x = jnp.zeros((1, 28, 28, 1))
+    with pytest.raises(ValueError, match="unknown variant 'slim'"):
+        LeNet3C1L(variant="slim").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="bn_widths is for the snet and usnet"):
+        LeNet3C1L(variant="awn", bn_widths=(0.5, 1.0)).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("resnet")
+    snet = LeNet3C1L(variant="snet", bn_widths=(0.25, 0.5))
+    with pytest.raises(ValueError, match="above the largest listed"):
+        snet.init(jax.random.key(0), x)
