@@ -1,0 +1,120 @@
+"""Orbax checkpoints of the train state, with the run's config saved beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+__all__ = ["CheckpointError", "Checkpointer", "save_config", "load_config", "atomic_write"]
+
+# Fields a resumed run may change without invalidating its checkpoints.
+RESUMABLE_FIELDS = frozenset(
+    {"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
+     "eval_batch_size", "data_dir", "data.raw", "data.download", "distributed"}
+)
+
+
+class CheckpointError(RuntimeError):
+    """A workdir or checkpoint that cannot serve this run; the message says why."""
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Saves ``config`` as ``<workdir>/config.json``."""
+    atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with."""
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except FileNotFoundError:
+        raise CheckpointError(f"{workdir} holds no config.json: it is not a workdir of awn_jax.main.") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the workdir is damaged.") from None
+
+
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a workdir that was trained with a different config."""
+    saved = _flat(load_config(workdir).to_dict())
+    current = _flat(json.loads(config.to_json_best_effort()))
+    diffs = [
+        f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{workdir} holds a run with another config ({'; '.join(diffs)}). Use a new"
+            " --workdir, or the saved config to resume."
+        )
+
+
+class Checkpointer:
+    """Periodic and final saves under ``<workdir>/checkpoints``, newest ``keep`` kept."""
+
+    def __init__(self, workdir: str, keep: int = 3):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any) -> None:
+        """Saves ``state`` at ``step`` and waits until it is complete on disk."""
+        self.manager.save(step, args=ocp.args.StandardSave(state))
+        self.manager.wait_until_finished()
+
+    def restore(self, target: Any, step: int | None = None) -> Any:
+        """Restores ``step`` (default: the latest) into the structure of ``target``."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}.")
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        except Exception as e:  # orbax raises many kinds for damaged or foreign files
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} cannot be restored into this model"
+                f" ({type(e).__name__}: {str(e).splitlines()[0][:300]}). It is truncated, edited,"
+                " or from another model/config."
+            ) from None
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,143 @@
+"""The configuration schema: defaults shared by every config file, and validation.
+
+Config files in ``configs/`` call :func:`base_config` and override what differs;
+:func:`validate` rejects bad values at start-up with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from awn_jax.data import DATASETS
+from awn_jax.models import MODELS, VARIANTS
+
+__all__ = ["base_config", "validate", "apply_smoke", "ConfigError"]
+
+WIDTH_MODES = ("fixed", "sandwich")
+SCHEDULES = ("step", "linear", "constant")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The reference protocol (REFERENCE.md) for LeNet-3C1L; config files override it."""
+    c = ml_collections.ConfigDict()
+    c.model = "lenet3c1l"
+    c.variant = "awn"
+    c.dataset = "fashion_mnist"
+    c.num_epochs = 100
+    c.batch_size = 128
+    c.learning_rate = 0.01
+    c.weight_decay = 5e-4
+    c.seed = 2019
+    c.data_dir = ""  # TFDS data directory; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+
+    c.data = ml_collections.ConfigDict()
+    c.data.raw = ""  # IDX directory / *-python.tar.gz; "" = the dataset's default location
+    c.data.download = False  # allow the standard TFDS download (network + TensorFlow)
+    c.data.train_examples = 0  # 0 = all; else the first N (smoke runs)
+    c.data.test_examples = 0
+
+    c.model_args = ml_collections.ConfigDict()
+    c.model_args.width_multiplier = ml_collections.FieldReference(None, field_type=float)
+    c.model_args.bn_widths = ml_collections.FieldReference(None, field_type=tuple)
+
+    c.widths = ml_collections.ConfigDict()
+    c.widths.mode = "fixed"  # fixed: the listed widths every step; sandwich: max, min, n-2 random
+    c.widths.fixed = (1.0, 0.75, 0.5, 0.25)
+    c.widths.num = 4
+    c.widths.w_min = 0.25
+    c.widths.w_max = 1.0
+    c.widths.one_pass = True  # AWN: one trunk pass shared by every width (exact)
+    c.widths.distill = False  # in-place distillation from the widest width
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.momentum = 0.9
+    c.optim.nesterov = False
+    c.optim.schedule = "step"
+    c.optim.milestones = (0.5, 0.75)  # fractions of training, for the step schedule
+    c.optim.decay_factor = 0.1
+    c.optim.decay_1d_and_depthwise = True  # False: no decay on biases, BN and depthwise
+
+    c.eval_widths = (1.0, 0.75, 0.5, 0.25)
+    c.eval_batch_size = 1000
+    c.eval_every_epochs = 1
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A run that trains on a 2-core CPU in minutes: a data subset, two epochs."""
+    c.num_epochs = 2
+    c.data.train_examples = 6400
+    c.data.test_examples = 2000
+    c.log_every_steps = 10
+    c.checkpoint_every_steps = 25
+    return c
+
+
+def _fail(field: str, problem: str, fix: str) -> None:
+    raise ConfigError(f"config.{field}: {problem}; {fix}.")
+
+
+def _check_width(field: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 < value <= 1:
+        _fail(field, f"{value!r} is not a width", "use a number in (0, 1]")
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every field a run depends on; raises :class:`ConfigError` on the first problem."""
+    if c.model not in MODELS:
+        _fail("model", f"unknown model {c.model!r}", f"choose one of {', '.join(MODELS)}")
+    if c.variant not in VARIANTS:
+        _fail("variant", f"unknown variant {c.variant!r}", f"choose one of {', '.join(VARIANTS)}")
+    if c.dataset not in DATASETS:
+        _fail("dataset", f"unknown dataset {c.dataset!r}", f"choose one of {', '.join(DATASETS)}")
+    for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
+                  "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs"):
+        value = c[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            _fail(field, f"{value!r} is not a positive integer", "use an integer >= 1")
+    if not (isinstance(c.learning_rate, (int, float)) and c.learning_rate > 0 and math.isfinite(c.learning_rate)):
+        _fail("learning_rate", f"{c.learning_rate!r} is not positive", "use a positive number")
+    if not (isinstance(c.weight_decay, (int, float)) and c.weight_decay >= 0):
+        _fail("weight_decay", f"{c.weight_decay!r} is negative", "use a number >= 0")
+    if not 0 <= c.optim.momentum < 1:
+        _fail("optim.momentum", f"{c.optim.momentum!r} is outside [0, 1)", "use e.g. 0.9")
+    if c.optim.schedule not in SCHEDULES:
+        _fail("optim.schedule", f"unknown schedule {c.optim.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
+    if any(not 0 < m < 1 for m in c.optim.milestones) or list(c.optim.milestones) != sorted(c.optim.milestones):
+        _fail("optim.milestones", f"{c.optim.milestones!r}", "use increasing fractions of training in (0, 1)")
+    w = c.widths
+    if w.mode not in WIDTH_MODES:
+        _fail("widths.mode", f"unknown mode {w.mode!r}", f"choose one of {', '.join(WIDTH_MODES)}")
+    _check_width("widths.w_min", w.w_min)
+    _check_width("widths.w_max", w.w_max)
+    if w.w_min > w.w_max:
+        _fail("widths.w_min", f"{w.w_min} exceeds widths.w_max {w.w_max}", "make w_min <= w_max")
+    if w.mode == "sandwich" and (isinstance(w.num, bool) or not isinstance(w.num, int) or w.num < 2):
+        _fail("widths.num", f"{w.num!r} widths per step", "the sandwich rule needs an integer >= 2")
+    if w.mode == "fixed":
+        if not w.fixed:
+            _fail("widths.fixed", "no widths listed", "list at least one width")
+        for i, value in enumerate(w.fixed):
+            _check_width(f"widths.fixed[{i}]", value)
+    for i, value in enumerate(c.eval_widths):
+        _check_width(f"eval_widths[{i}]", value)
+    bn_widths = c.model_args.bn_widths
+    if c.variant == "snet":
+        listed = set(bn_widths or (0.25, 0.5, 0.75, 1.0))
+        if w.mode != "fixed" or not set(w.fixed) <= listed:
+            _fail("widths", "S-Net trains its listed BatchNorm widths",
+                  f"use widths.mode='fixed' with widths.fixed inside {sorted(listed)}")
+    elif bn_widths:
+        _fail("model_args.bn_widths", f"set for variant {c.variant!r}",
+              "bn_widths lists S-Net's switchable widths; US-Net's are set by calibration")
+    return c

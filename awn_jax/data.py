@@ -1,0 +1,415 @@
+"""Datasets: TFDS ``array_record`` sources, offline preparation, batching, augmentation.
+
+Fashion-MNIST, CIFAR-10 and CIFAR-100 fit in memory, so a split is read once
+through ``tfds`` data sources (no TensorFlow at run time) into NumPy arrays and
+batched by index. Batches stay ``uint8`` on the host; normalisation and CIFAR
+augmentation run on the device (:func:`preprocess`) as pure functions of
+``(seed, step)``.
+
+Where the data come from, in order:
+
+1. ``<data_dir>/<name>_local``: prepared here from the raw files (IDX ``.gz`` for
+   Fashion-MNIST, the official ``*-python.tar.gz`` for CIFAR) by :func:`prepare`;
+   images are stored as raw tensors, which TFDS writes without TensorFlow;
+2. ``<data_dir>/<name>``: the standard TFDS dataset, if prepared in ``array_record``;
+3. the raw files, if present: prepared into 1. on first use;
+4. the standard TFDS download, if ``download=True`` (needs network and TensorFlow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pickle
+import struct
+import tarfile
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "DataError",
+    "Split",
+    "default_data_dir",
+    "load_split",
+    "prepare",
+    "read_raw",
+    "epoch_permutation",
+    "train_batches",
+    "eval_batches",
+    "preprocess",
+]
+
+
+class DataError(RuntimeError):
+    """Data missing or malformed; the message says what was looked for and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the project needs to know about a dataset.
+
+    Attributes:
+      name: TFDS name.
+      image_shape: ``(H, W, C)``.
+      num_classes: label count.
+      mean, std: per-channel normalisation of ``[0, 1]`` pixels.
+      augment: random crop (4-pixel padding) and horizontal flip in training.
+      default_raw: where the raw files are looked for when none are given.
+      raw_hint: how to obtain the raw files.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    default_raw: str | None
+    raw_hint: str
+
+
+DATASETS = {
+    "fashion_mnist": DatasetInfo(
+        "fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), False,
+        "/usr/share/datasets/fashion-mnist",
+        "the IDX files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"
+        " t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (Debian: `apt-get install"
+        " dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist)",
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
+        None, "the official cifar-10-python.tar.gz (from the CIFAR-10 homepage)",
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
+        None, "the official cifar-100-python.tar.gz (from the CIFAR-100 homepage)",
+    ),
+}
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_LOCAL_VERSION = "1.0.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A split in memory: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int32 ``(N,)``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def get_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``, or a clear error."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    return DATASETS[name]
+
+
+def default_data_dir() -> str:
+    """TFDS's data directory: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+# ----------------------------------------------------------------------------- raw files
+
+
+def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}. The file is missing, truncated or not gzip.") from e
+    header = 4 + 4 * ndim
+    if len(data) < header or struct.unpack(">I", data[:4])[0] != magic:
+        found = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
+        raise DataError(f"{path} is not an IDX file of this kind (magic {found}, expected {magic}).")
+    dims = struct.unpack(">" + "I" * ndim, data[4:header])
+    size = int(np.prod(dims))
+    if len(data) - header != size:
+        raise DataError(
+            f"{path} is truncated or padded: header says {dims} ({size} bytes), file holds"
+            f" {len(data) - header}."
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def _read_fashion_mnist(raw: str, split: str) -> Split:
+    image_file, label_file = (os.path.join(raw, f) for f in _IDX_FILES[split])
+    images = _read_idx(image_file, 2051, 3)[..., None]
+    labels = _read_idx(label_file, 2049, 1).astype(np.int32)
+    if len(images) != len(labels):
+        raise DataError(f"{image_file} has {len(images)} images but {label_file} {len(labels)} labels.")
+    return Split(images, labels)
+
+
+def _read_cifar(name: str, raw: str, split: str) -> Split:
+    if name == "cifar10":
+        members = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        label_key = b"labels"
+    else:
+        members = [split]
+        label_key = b"fine_labels"
+    images, labels = [], []
+    try:
+        with tarfile.open(raw, "r:gz") as tar:
+            names = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+            for member in members:
+                if member not in names:
+                    raise DataError(f"{raw} has no member {member!r}; is it the {name} python archive?")
+                batch = pickle.load(tar.extractfile(names[member]), encoding="bytes")
+                images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+                labels.append(np.asarray(batch[label_key], np.int32))
+    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, KeyError, ValueError) as e:
+        raise DataError(f"cannot read {raw}: {e}. The archive is missing, truncated or not the official one.") from e
+    return Split(np.concatenate(images).transpose(0, 2, 3, 1).copy(), np.concatenate(labels))
+
+
+def _raw_path(info: DatasetInfo, raw: str | None) -> str | None:
+    return raw if raw else info.default_raw
+
+
+def _raw_available(info: DatasetInfo, raw: str | None) -> bool:
+    path = _raw_path(info, raw)
+    if path is None:
+        return False
+    if info.name == "fashion_mnist":
+        return all(os.path.exists(os.path.join(path, f)) for pair in _IDX_FILES.values() for f in pair)
+    return os.path.isfile(path)
+
+
+def read_raw(name: str, raw: str | None, split: str) -> Split:
+    """Reads a split from the raw files and checks shapes and labels."""
+    info = get_info(name)
+    path = _raw_path(info, raw)
+    if path is None:
+        raise DataError(f"no raw files given for {name}: pass {info.raw_hint}.")
+    data = _read_fashion_mnist(path, split) if name == "fashion_mnist" else _read_cifar(name, path, split)
+    _check_split(info, data, f"{path} ({split})")
+    return data
+
+
+def _check_split(info: DatasetInfo, data: Split, where: str) -> None:
+    if data.images.shape[1:] != info.image_shape:
+        raise DataError(f"{where}: images of shape {data.images.shape[1:]}, expected {info.image_shape}.")
+    if len(data) == 0:
+        raise DataError(f"{where}: the split is empty.")
+    low, high = int(data.labels.min()), int(data.labels.max())
+    if low < 0 or high >= info.num_classes:
+        raise DataError(f"{where}: labels span [{low}, {high}], expected [0, {info.num_classes - 1}].")
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def _local_builder_cls(info: DatasetInfo, raw: str | None):
+    import tensorflow_datasets as tfds
+
+    class _Local(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version(_LOCAL_VERSION)
+        name = f"{info.name}_local"
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=f"{info.name} prepared offline by awn_jax from {_raw_path(info, raw)}.",
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Tensor(shape=info.image_shape, dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=info.num_classes),
+                }),
+                supervised_keys=("image", "label"),
+            )
+
+        def _split_generators(self, dl_manager):
+            del dl_manager
+            return {s: self._generate_examples(s) for s in ("train", "test")}
+
+        def _generate_examples(self, split):
+            data = read_raw(info.name, raw, split)
+            for i in range(len(data)):
+                yield i, {"image": data.images[i], "label": int(data.labels[i])}
+
+    return _Local
+
+
+def _local_dir(info: DatasetInfo, data_dir: str) -> str:
+    return os.path.join(data_dir, f"{info.name}_local", _LOCAL_VERSION)
+
+
+def prepare(name: str, raw: str | None = None, data_dir: str | None = None) -> str:
+    """Prepares ``name`` from raw files as a TFDS ``array_record`` dataset, offline.
+
+    Args:
+      name: ``fashion_mnist``, ``cifar10`` or ``cifar100``.
+      raw: the IDX directory (Fashion-MNIST) or the ``*-python.tar.gz`` (CIFAR);
+        default: Debian's Fashion-MNIST directory.
+      data_dir: TFDS data directory (default :func:`default_data_dir`).
+
+    Returns:
+      The prepared dataset's directory.
+    """
+    import tensorflow_datasets as tfds
+
+    info = get_info(name)
+    data_dir = data_dir or default_data_dir()
+    if not _raw_available(info, raw):
+        raise DataError(f"raw {name} files not found at {_raw_path(info, raw)}: need {info.raw_hint}.")
+    tfds.disable_progress_bar()
+    builder = _local_builder_cls(info, raw)(data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return _local_dir(info, data_dir)
+
+
+def _read_source(source, info: DatasetInfo, where: str) -> Split:
+    records = source.__getitems__(list(range(len(source))))
+    images = np.stack([np.asarray(r["image"], np.uint8).reshape(info.image_shape) for r in records])
+    labels = np.asarray([int(r["label"]) for r in records], np.int32)
+    data = Split(images, labels)
+    _check_split(info, data, where)
+    return data
+
+
+def load_split(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    raw: str | None = None,
+    download: bool = False,
+) -> Split:
+    """Loads a whole split into memory (see the module docstring for the sources).
+
+    Raises:
+      DataError: if no source has the data; the message lists what was looked for.
+    """
+    import tensorflow_datasets as tfds
+
+    info = get_info(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'.")
+    data_dir = data_dir or default_data_dir()
+    local = _local_dir(info, data_dir)
+    if not os.path.exists(os.path.join(local, "dataset_info.json")) and _raw_available(info, raw):
+        prepare(name, raw, data_dir)
+    if os.path.exists(os.path.join(local, "dataset_info.json")):
+        builder = tfds.builder_from_directory(local)
+        return _read_source(builder.as_data_source(split=split), info, local)
+    standard = os.path.join(data_dir, name)
+    if os.path.isdir(standard) or download:
+        try:
+            source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+        except Exception as e:  # TFDS raises many kinds; the message below says what to do.
+            raise DataError(f"TFDS could not provide {name} from {data_dir}: {e}") from e
+        return _read_source(source, info, standard)
+    raise DataError(
+        f"{name} not found. Looked for a prepared dataset in {local} and {standard}, and for"
+        f" raw files at {_raw_path(info, raw)}. Provide {info.raw_hint}, and pass their location"
+        " with --config.data.raw=PATH (or prepare once with"
+        f" `python -m awn_jax.data {name} --raw=PATH --data_dir={data_dir}`); with network"
+        " access and TensorFlow installed, --config.data.download=True uses the TFDS download."
+    )
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of examples in ``epoch``: a function of ``(seed, epoch)`` only."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, 1, int(epoch)]).permutation(n)
+
+
+def train_batches(
+    data: Split,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Endless ``(step, batch)`` pairs from ``start_step`` on; drops each epoch's remainder.
+
+    Every process computes the same global batch and keeps its own contiguous
+    ``batch_size / process_count`` slice.
+    """
+    steps_per_epoch = len(data) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(data)} training examples.")
+    local = batch_size // process_count
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = epoch_permutation(seed, epoch, len(data))
+        for i in range(offset, steps_per_epoch):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            idx = np.sort(idx[process_index * local : (process_index + 1) * local])
+            yield step, {"image": data.images[idx], "label": data.labels[idx]}
+            step += 1
+
+
+def eval_batches(data: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of a split in order; the last is padded, with ``mask`` 0 on padding."""
+    for start in range(0, len(data), batch_size):
+        images = data.images[start : start + batch_size]
+        labels = data.labels[start : start + batch_size]
+        n = len(labels)
+        pad = batch_size - n
+        yield {
+            "image": np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]),
+            "label": np.concatenate([labels, np.zeros(pad, labels.dtype)]),
+            "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
+        }
+
+
+def _random_crop_flip(rng: jax.Array, image: jax.Array, pad: int) -> jax.Array:
+    crop_rng, flip_rng = jax.random.split(rng)
+    h, w, c = image.shape
+    padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    dy, dx = jax.random.randint(crop_rng, (2,), 0, 2 * pad + 1)
+    image = jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, c))
+    return jnp.where(jax.random.bernoulli(flip_rng), image[:, ::-1], image)
+
+
+def preprocess(
+    images: jax.Array, info: DatasetInfo, rng: jax.Array | None = None
+) -> jax.Array:
+    """uint8 images -> normalised float32; with ``rng`` and ``info.augment``, crop and flip.
+
+    Augmentation pads with zeros before normalising, like torchvision's
+    ``RandomCrop(32, padding=4)`` on the raw image.
+    """
+    x = images.astype(jnp.float32) / 255.0
+    if rng is not None and info.augment:
+        rngs = jax.random.split(rng, x.shape[0])
+        x = jax.vmap(lambda r, im: _random_crop_flip(r, im, 4))(rngs, x)
+    mean = jnp.asarray(info.mean, jnp.float32)
+    std = jnp.asarray(info.std, jnp.float32)
+    return (x - mean) / std
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m awn_jax.data NAME [--raw=PATH] [--data_dir=DIR]``: prepares offline."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("name", choices=sorted(DATASETS))
+    parser.add_argument("--raw", default=None, help="IDX directory or *-python.tar.gz")
+    parser.add_argument("--data_dir", default=None, help="TFDS data directory")
+    args = parser.parse_args(argv)
+    try:
+        print(prepare(args.name, args.raw, args.data_dir))
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Train (resuming if the workdir holds checkpoints), then evaluate.
+
+    python -m awn_jax.main --config=configs/lenet_fmnist.py --workdir=/tmp/awn
+    python -m awn_jax.main --config=configs/lenet_fmnist.py:smoke --workdir=/tmp/smoke
+    python -m awn_jax.main --config=configs/mbv2_cifar10.py --config.variant=usnet \\
+        --config.data.raw=/data/cifar-10-python.tar.gz --workdir=/tmp/mbv2
+
+Any config field can be overridden with --config.FIELD=VALUE.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from awn_jax import checkpoints, config as config_lib, data, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py), optionally with ':smoke'.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, config.json, metrics and results.")
+flags.DEFINE_bool("debug", False, "Show tracebacks for errors instead of one-line messages.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors that the user can fix; they are reported in one line.
+USER_ERRORS = (
+    config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, train.TrainingError, ValueError,
+)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.debug:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except USER_ERRORS as e:
+        if FLAGS.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

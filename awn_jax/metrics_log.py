@@ -1,0 +1,75 @@
+"""Where training metrics go: ``metrics.jsonl``, TensorBoard event files, the console."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from awn_jax.checkpoints import atomic_write
+
+__all__ = ["MetricsLog"]
+
+
+def _plain(value: Any) -> Any:
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+class MetricsLog:
+    """Appends one JSON object per record to ``<workdir>/metrics.jsonl`` and TensorBoard.
+
+    On resume, records after the restored step are dropped so the file holds one
+    history without duplicates.
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._writer = None
+        if not enabled:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and self._step_of(line) <= resume_step]
+            atomic_write(self.path, "".join(kept))
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    @staticmethod
+    def _step_of(line: str) -> int:
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError):
+            return 1 << 62  # a torn last line from a killed run: drop it
+
+    def write(self, step: int, kind: str, values: Mapping[str, Any]) -> None:
+        """Records ``values`` (scalars or per-width lists) at ``step``."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), "kind": kind, "time": time.time()}
+        record.update({k: _plain(v) for k, v in values.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key in ("step", "kind", "time"):
+                continue
+            if isinstance(value, list):
+                for i, v in enumerate(value):
+                    self._writer.add_scalar(f"{kind}/{key}/{i}", v, step)
+            elif isinstance(value, (int, float)):
+                self._writer.add_scalar(f"{kind}/{key}", value, step)
+        self._writer.flush()
+
+    @staticmethod
+    def console(message: str) -> None:
+        print(message, file=sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
