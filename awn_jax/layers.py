@@ -295,12 +295,17 @@ def next_listed_width(width: float, listed: Sequence[float]) -> int:
     )
 
 
+def _stats_dtype(x: Array):
+    """At least float32 for statistics (bfloat16 inputs), float64 kept under x64."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _moments(x: Array) -> tuple[Array, Array, Array]:
     """Per-channel mean, biased variance and unbiased variance over all other axes."""
     axes = tuple(range(x.ndim - 1))
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=axes)
-    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+    xs = x.astype(_stats_dtype(x))
+    mean = jnp.mean(xs, axis=axes)
+    var = jnp.mean(jnp.square(xs - mean), axis=axes)
     n = int(np.prod([x.shape[a] for a in axes]))
     unbiased = var * (n / max(n - 1, 1))
     return mean, var, unbiased
@@ -334,7 +339,7 @@ class _PrefixNorm(nn.Module):
         c = x.shape[-1]
         _record(self, "costs", "params", 2 * c)
         inv = lax.rsqrt(var[:c] + self.epsilon) * scale[:c]
-        y = (x.astype(jnp.float32) - mean[:c]) * inv + bias[:c]
+        y = (x.astype(_stats_dtype(x)) - mean[:c]) * inv + bias[:c]
         return y.astype(self.dtype or x.dtype)
 
     def _train(self, x, stats, scale, bias):

@@ -33,6 +33,7 @@ from awn_jax.widths import num_channels
 __all__ = [
     "TrainState",
     "width_losses",
+    "one_pass_grads",
     "one_pass_step",
     "per_width_grads",
     "apply_gradients",
@@ -75,7 +76,7 @@ def width_losses(logits: Sequence[Array], labels: Array, distill: bool) -> Array
 
 def _metrics(losses: Array, logits: Sequence[Array], labels: Array, grads: PyTree) -> dict:
     acc = jnp.stack([jnp.mean(jnp.argmax(lg, -1) == labels) for lg in logits])
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     return {"loss": losses, "accuracy": acc, "grad_norm": grad_norm,
             "finite": jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)}
 
@@ -102,49 +103,49 @@ def _ema_with_multiplicity(
         size = stats[prefix + ("mean",)].shape[0]
         channel = jnp.arange(size)
         k = jnp.sum(channel[None, :] < counts[str(size)][:, None], axis=0)
-        decay = jnp.asarray(momentum, jnp.float32) ** k
         for name, batch in (("mean", mean), ("var", var)):
             old = stats[prefix + (name,)]
+            decay = jnp.asarray(momentum, old.dtype) ** k
             batch = jnp.zeros_like(old).at[: batch.shape[0]].set(batch)
             out[prefix + (name,)] = decay * old + (1 - decay) * batch
     return flax.traverse_util.unflatten_dict(out)
 
 
-def one_pass_step(
-    state: TrainState,
+def one_pass_grads(
+    params: PyTree,
+    batch_stats: PyTree,
     images: Array,
     labels: Array,
     counts: Mapping[str, Array],
     *,
     model: nn.Module,
-    tx: optax.GradientTransformation,
     trunk_width: float,
     feature_size: int,
     momentum: float,
     distill: bool,
-) -> tuple[TrainState, dict]:
-    """One AWN train step over all widths with a single trunk pass (exact).
+) -> tuple[Array, PyTree, PyTree, list[Array]]:
+    """Summed gradients of every width's loss from a single trunk pass (AWN, exact).
 
     Args:
-      state: the train state.
+      params, batch_stats: the model's variables.
       images: a preprocessed batch, NHWC float.
       labels: int labels.
       counts: :func:`channel_counts` of the step's widths (widest first) for every
         layer size of the model; traced, so new widths do not recompile.
       model: an AWN model (prefix-invariant).
-      tx: the optimizer.
       trunk_width: the static width of the shared pass (the widest sampled).
       feature_size: full channel count of the final hidden map.
       momentum: the BatchNorm momentum (Flax convention).
       distill: in-place distillation from the widest width.
 
     Returns:
-      The new state and per-width metrics.
+      ``(losses, grads, batch_stats, logits)``: per-width losses, the gradient of
+      their sum, the running statistics after all widths' passes, per-width logits.
     """
     head_counts = counts[str(feature_size)]
 
-    def loss_fn(params):
-        variables = {"params": params, "batch_stats": state.batch_stats}
+    def loss_fn(p):
+        variables = {"params": p, "batch_stats": batch_stats}
         feats, recorded = model.apply(
             variables, images, width=trunk_width, train=True, method=model.features,
             mutable=["batch_moments"],
@@ -158,10 +159,31 @@ def one_pass_step(
         losses = width_losses(logits, labels, distill)
         return losses.sum(), (losses, logits, recorded["batch_moments"])
 
-    grads, (losses, logits, moments) = jax.grad(loss_fn, has_aux=True)(state.params)
-    batch_stats = _ema_with_multiplicity(state.batch_stats, moments, counts, momentum)
-    new_state = apply_gradients(state, grads, batch_stats, tx)
-    return new_state, _metrics(losses, logits, labels, grads)
+    grads, (losses, logits, moments) = jax.grad(loss_fn, has_aux=True)(params)
+    new_stats = _ema_with_multiplicity(batch_stats, moments, counts, momentum)
+    return losses, grads, new_stats, logits
+
+
+def one_pass_step(
+    state: TrainState,
+    images: Array,
+    labels: Array,
+    counts: Mapping[str, Array],
+    *,
+    tx: optax.GradientTransformation,
+    **kwargs: Any,
+) -> tuple[TrainState, dict]:
+    """One AWN optimizer step over all widths with a single trunk pass.
+
+    ``kwargs`` are :func:`one_pass_grads`'s keyword arguments.
+
+    Returns:
+      The new state and per-width metrics.
+    """
+    losses, grads, batch_stats, logits = one_pass_grads(
+        state.params, state.batch_stats, images, labels, counts, **kwargs
+    )
+    return apply_gradients(state, grads, batch_stats, tx), _metrics(losses, logits, labels, grads)
 
 
 def per_width_grads(
