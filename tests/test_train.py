@@ -1,0 +1,199 @@
+"""The training loop: configs, resume, NaN stop, config errors, metrics, devices, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from awn_jax import checkpoints, config as config_lib, train
+from helpers import fake_split, load_config, tiny_config
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+CONFIGS = ["lenet_fmnist", "lenet_cifar10", "lenet_cifar100", "mbv2_cifar10", "mbv2_cifar100"]
+
+
+def _splits(dataset, n_train=48, n_test=20):
+    return fake_split(dataset, n_train, 0), fake_split(dataset, n_test, 1)
+
+
+def _params_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_builds_and_trains_a_few_steps(name, tmp_path):
+    config = load_config(name)
+    config_lib.validate(config)
+    smoke = tiny_config(name, num_epochs=1, eval_widths=(1.0, config.widths.w_min))
+    result = train.train_and_evaluate(smoke, str(tmp_path), splits=_splits(smoke.dataset, 32, 16))
+    assert result["step"] == 2 and not result["interrupted"]
+    assert set(result["accuracy"]) == {1.0, config.widths.w_min}
+    assert os.path.exists(tmp_path / "config.json")
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert {r["kind"] for r in records} >= {"train", "eval", "final"}
+    assert len(os.listdir(tmp_path / "tensorboard")) >= 1
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # AWN, fixed widths, one trunk pass
+    {"variant": "usnet", "widths.mode": "sandwich"},  # per-width passes, random widths
+])
+def test_interrupted_run_resumes_to_the_same_params(tmp_path, overrides):
+    config = tiny_config(**overrides)
+    splits = _splits(config.dataset)  # 3 steps per epoch, 6 in all
+    straight = train.train_and_evaluate(config, str(tmp_path / "a"), splits=splits)
+    stopped = train.train_and_evaluate(config, str(tmp_path / "b"), splits=splits, stop_after_steps=4)
+    assert stopped["interrupted"] and stopped["step"] == 4
+    resumed = train.train_and_evaluate(config, str(tmp_path / "b"), splits=splits)
+    assert resumed["step"] == straight["step"] == 6
+    _params_equal(resumed["state"].params, straight["state"].params)
+    _params_equal(resumed["state"].batch_stats, straight["state"].batch_stats)
+    assert resumed["accuracy"] == straight["accuracy"]
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")
+             if json.loads(line)["kind"] == "train"]
+    assert steps == sorted(set(steps))  # no duplicated history after resuming
+
+
+def test_nan_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    config = tiny_config(learning_rate=1e30, checkpoint_every_steps=1)
+    with pytest.raises(train.TrainingError, match=r"non-finite .* at step \d+ .*last checkpoint \(step \d+\) is intact"):
+        train.train_and_evaluate(config, str(tmp_path), splits=_splits(config.dataset))
+    ckpt = checkpoints.Checkpointer(str(tmp_path))
+    step = ckpt.latest_step()
+    trainer = train.Trainer(config, train.data.get_info(config.dataset), 3)
+    state = ckpt.restore(trainer.abstract_state())
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
+    assert int(state.step) == step
+
+
+def test_a_workdir_of_another_config_is_refused(tmp_path):
+    config = tiny_config()
+    train.train_and_evaluate(config, str(tmp_path), splits=_splits(config.dataset), stop_after_steps=1)
+    other = tiny_config(variant="standard")
+    with pytest.raises(checkpoints.CheckpointError, match="variant: saved 'awn', now 'standard'"):
+        train.train_and_evaluate(other, str(tmp_path), splits=_splits(other.dataset))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("learning_rate", -0.1, "config.learning_rate"),
+    ("variant", "slimmable", "unknown variant 'slimmable'"),
+    ("dataset", "mnist", "unknown dataset 'mnist'"),
+    ("widths.w_min", 1.5, "config.widths.w_min"),
+    ("widths.w_min", 0.0, "config.widths.w_min"),
+    ("widths.num", 1, "sandwich rule needs an integer >= 2"),
+    ("optim.schedule", "cosine", "unknown schedule 'cosine'"),
+    ("batch_size", 0, "config.batch_size"),
+    ("widths.fixed", (1.0, "half"), "widths.fixed\\[1\\]"),
+])
+def test_invalid_configs_are_rejected_naming_the_field(field, value, match):
+    config = tiny_config(**{"widths.mode": "sandwich"} if field == "widths.num" else {})
+    target = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+        target = target[p]
+    target[leaf] = value
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(config)
+
+
+def test_snet_must_train_its_listed_widths():
+    config = tiny_config(variant="snet", **{"widths.fixed": (1.0, 0.6)})
+    with pytest.raises(config_lib.ConfigError, match="S-Net trains its listed BatchNorm widths"):
+        config_lib.validate(config)
+
+
+def _write_idx_dataset(directory, n_train=64, n_test=32):
+    import gzip
+    import struct
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        split = fake_split("fashion_mnist", n, seed=len(prefix))
+        for kind, array, magic in (("images-idx3", split.images[..., 0], 2051), ("labels-idx1", split.labels, 2049)):
+            header = struct.pack(">I", magic) + struct.pack(">" + "I" * array.ndim, *array.shape)
+            with gzip.open(os.path.join(directory, f"{prefix}-{kind}-ubyte.gz"), "wb") as f:
+                f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _main(*args, env_extra=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "awn_jax.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_from_raw_files_then_resumes(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write_idx_dataset(raw)
+    common = ["--config=configs/lenet_fmnist.py:smoke", f"--workdir={tmp_path / 'wd'}",
+              f"--config.data.raw={raw}", f"--config.data_dir={tmp_path / 'tfds'}",
+              "--config.batch_size=16", "--config.num_epochs=1", "--config.eval_widths=(1.0,0.25)"]
+    first = _main(*common, "--config.checkpoint_every_steps=2")
+    assert first.returncode == 0, first.stderr
+    assert "final @1:" in first.stdout and "from scratch" in first.stdout
+    second = _main(*common, "--config.num_epochs=1")
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 4" in second.stdout
+
+
+def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
+    bad = _main("--config=configs/lenet_fmnist.py", f"--workdir={tmp_path}", "--config.learning_rate=-1")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: config.learning_rate")
+    assert "Traceback" not in bad.stderr
+    unknown = _main("--config=configs/lenet_fmnist.py", f"--workdir={tmp_path}", "--config.lerning_rate=0.1")
+    assert unknown.returncode != 0 and "lerning_rate" in unknown.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+DEVICES_SCRIPT = textwrap.dedent("""
+    import os, sys, json
+    sys.path.insert(0, os.path.join({repo!r}, "tests"))
+    import jax, numpy as np
+    from awn_jax import train, data
+    from helpers import fake_split, tiny_config
+    assert len(jax.devices()) == 2, jax.devices()
+    out = {{}}
+    for variant in ("awn", "standard"):
+        config = tiny_config(variant=variant, batch_size=16)
+        trainer_states = []
+        for devices in (jax.devices()[:1], jax.devices()):
+            trainer = train.Trainer(config, data.get_info(config.dataset), 3, devices)
+            state = trainer.init_state()
+            split = fake_split(config.dataset, 48)
+            losses = []
+            for step, batch in data.train_batches(split, 16, config.seed):
+                if step == 3:
+                    break
+                state, metrics, _ = trainer.train_step(state, batch, step)
+                losses.append(np.asarray(metrics["loss"]).tolist())
+            trainer_states.append((losses, state))
+        (l1, s1), (l2, s2) = trainer_states
+        assert len(s2.params["conv1"]["kernel"].sharding.device_set) == 2
+        out[variant] = {{
+            "loss_diff": float(np.max(np.abs(np.array(l1) - np.array(l2)))),
+            "param_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                              for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2))),
+        }}
+    try:
+        train.Trainer(tiny_config(batch_size=15), data.get_info("fashion_mnist"), 3)
+    except ValueError as e:
+        out["indivisible"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+def test_two_devices_give_the_same_losses_and_params_as_one(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    run = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT.format(repo=REPO)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    for variant in ("awn", "standard"):
+        assert result[variant]["loss_diff"] < 1e-5, result
+        assert result[variant]["param_diff"] < 1e-5, result
+    assert "not divisible by the 2 devices" in result["indivisible"]
