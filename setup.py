@@ -24,6 +24,7 @@ setup(
         "pillow>=10",
         "matplotlib>=3.8",
         "absl-py>=2.1",
+        "tensorboardX>=2.6",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
 )
