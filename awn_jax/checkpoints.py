@@ -15,7 +15,9 @@ __all__ = ["CheckpointError", "Checkpointer", "save_config", "load_config", "ato
 # Fields a resumed run may change without invalidating its checkpoints.
 RESUMABLE_FIELDS = frozenset(
     {"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
-     "eval_batch_size", "data_dir", "data.raw", "data.download", "distributed"}
+     "eval_batch_size", "data_dir", "data.raw", "data.download", "distributed",
+     "sweep.after_training", "sweep.grid_step", "sweep.throughput_repeats",
+     "sweep.calibration_batches", "sweep.calibrations"}
 )
 
 
@@ -56,21 +58,41 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def _merge(target: ml_collections.ConfigDict, saved: dict, where: str) -> None:
+    for key, value in saved.items():
+        if key not in target:
+            raise CheckpointError(f"{where}: unknown field {key!r}; the file was edited or is from another program.")
+        if isinstance(target[key], ml_collections.ConfigDict):
+            _merge(target[key], value, where)
+        elif isinstance(value, list):
+            target[key] = tuple(value)
+        else:
+            target[key] = value
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with."""
+    """The config a workdir was trained with, over today's defaults for fields it predates."""
+    from awn_jax.config import base_config  # config imports the models; keep this module light
+
     path = os.path.join(workdir, "config.json")
     try:
         with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+            saved = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{workdir} holds no config.json: it is not a workdir of awn_jax.main.") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the workdir is damaged.") from None
+    config = base_config()
+    try:
+        _merge(config, saved, path)
+    except (TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: {e}; the file was edited or is damaged.") from None
+    return config
 
 
 def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a workdir that was trained with a different config."""
-    saved = _flat(load_config(workdir).to_dict())
+    saved = _flat(json.loads(load_config(workdir).to_json_best_effort()))
     current = _flat(json.loads(config.to_json_best_effort()))
     diffs = [
         f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}"

@@ -70,6 +70,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
+
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.after_training = True  # main: sweep every width once training ends
+    c.sweep.grid_step = 0.0  # 0: every distinct channel configuration; else a regular grid
+    c.sweep.throughput_repeats = 3  # timed batches per width (0: skip)
+    c.sweep.calibration_batches = 10  # US-Net: training batches per calibrated width
+    c.sweep.calibrations = (4, 10, 20)  # US-Net: sweep once per number of calibrated widths
     return c
 
 

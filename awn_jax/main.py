@@ -1,4 +1,4 @@
-"""Train (resuming if the workdir holds checkpoints), then evaluate.
+"""Train (resuming if the workdir holds checkpoints), then sweep every width.
 
     python -m awn_jax.main --config=configs/lenet_fmnist.py --workdir=/tmp/awn
     python -m awn_jax.main --config=configs/lenet_fmnist.py:smoke --workdir=/tmp/smoke
@@ -15,7 +15,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from awn_jax import checkpoints, config as config_lib, data, train
+import jax
+
+from awn_jax import checkpoints, config as config_lib, data, evaluate, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -37,7 +39,12 @@ def main(argv: list[str]) -> None:
     if not FLAGS.debug:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        evaluate.enable_compilation_cache()
+        result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        if FLAGS.config.sweep.after_training and not result["interrupted"] and jax.process_index() == 0:
+            calibrations = FLAGS.config.sweep.calibrations if FLAGS.config.variant == "usnet" else (0,)
+            for num in calibrations:
+                print(evaluate.format_summary(evaluate.sweep(FLAGS.workdir, calibration=num)))
     except USER_ERRORS as e:
         if FLAGS.debug:
             raise

@@ -24,6 +24,7 @@ def get_config(arg: str = ""):
     config.widths.w_min = 0.35
     config.eval_widths = (1.0, 0.75, 0.5, 0.35)
     config.eval_batch_size = 500
+    config.sweep.grid_step = 0.01
     if arg == "smoke":
         apply_smoke(config)
         config.batch_size = 32

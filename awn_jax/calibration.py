@@ -1,0 +1,108 @@
+"""US-Net's post-training BatchNorm calibration.
+
+For each of ``N`` listed widths, BatchNorm statistics are reset and re-estimated as
+the cumulative average (PyTorch's ``momentum=None``) of train-mode batch
+statistics over a number of training batches at that width. The result is the
+variables of a US-Net model whose ``bn_widths`` are the calibrated widths: it
+stores one set of statistics per width, so its size grows with ``N``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from awn_jax.checkpoints import CheckpointError, atomic_write
+from awn_jax.widths import reference_widths, sorted_unique
+
+__all__ = ["calibration_widths", "calibrate", "save_calibration", "load_calibration"]
+
+
+def calibration_widths(num: int, w_min: float, w_max: float = 1.0) -> tuple[float, ...]:
+    """``num`` widths evenly spaced in ``[w_min, w_max]`` (the paper's 4, 10, 20)."""
+    return tuple(round(w, 6) for w in reference_widths(num, w_min, w_max))
+
+
+def calibrate(
+    model: Any,
+    params: Any,
+    batch_stats: Any,
+    batches: Iterable[jax.Array],
+    widths: Sequence[float],
+) -> dict[str, Any]:
+    """Calibrated variables for ``model.clone(bn_widths=widths)``.
+
+    Args:
+      model: a US-Net model (``variant='usnet'``), with or without calibrated widths.
+      params: its trained parameters.
+      batch_stats: its training statistics (kept as the shared fallback).
+      batches: preprocessed training images; the same batches serve every width.
+      widths: the widths to calibrate.
+
+    Returns:
+      ``{"params", "batch_stats"}`` for the calibrated model: ``mean_i``/``var_i``
+      hold width ``i``'s cumulative-average statistics.
+    """
+    if model.variant != "usnet":
+        raise ValueError(
+            f"calibration is US-Net's post-training step; the {model.variant!r} variant"
+            " needs none (AWN's single BatchNorm serves every width)."
+        )
+    widths = sorted_unique(widths)
+    batches = list(batches)
+    if not batches:
+        raise ValueError("calibration needs at least one training batch.")
+    stats = flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats))
+
+    uncalibrated = model.clone(bn_widths=())  # the passes read only the shared statistics
+    for i, width in enumerate(widths):
+        run = jax.jit(lambda images, w=width: uncalibrated.apply(
+            {"params": params, "batch_stats": batch_stats}, images, width=w, train=True,
+            mutable=["batch_moments"])[1]["batch_moments"])
+        sums = None
+        for images in batches:
+            recorded = flax.traverse_util.flatten_dict(flax.core.unfreeze(run(images)))
+            sums = recorded if sums is None else jax.tree.map(jnp.add, sums, recorded)
+        for key, ((mean, var),) in sums.items():
+            prefix = key[:-1]
+            stats[prefix + (f"mean_{i}",)] = mean / len(batches)
+            stats[prefix + (f"var_{i}",)] = var / len(batches)
+    return {"params": params, "batch_stats": flax.traverse_util.unflatten_dict(stats)}
+
+
+def _directory(workdir: str, num: int) -> str:
+    return os.path.join(os.path.abspath(workdir), "calibration", f"{num}w")
+
+
+def save_calibration(workdir: str, num: int, widths: Sequence[float], step: int, batch_stats: Any) -> str:
+    """Stores calibrated statistics beside the checkpoints: ``calibration/<N>w/``."""
+    directory = _directory(workdir, num)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(directory, "batch_stats"), batch_stats, force=True)
+    checkpointer.wait_until_finished()
+    atomic_write(os.path.join(directory, "widths.json"),
+                 json.dumps({"widths": list(widths), "step": int(step)}))
+    return directory
+
+
+def load_calibration(workdir: str, num: int, step: int, target: Any) -> tuple[tuple[float, ...], Any] | None:
+    """Calibrated ``(widths, batch_stats)`` for checkpoint ``step``, or None if absent or stale."""
+    directory = _directory(workdir, num)
+    try:
+        with open(os.path.join(directory, "widths.json")) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        return None
+    if meta.get("step") != step:
+        return None
+    try:
+        restored = ocp.StandardCheckpointer().restore(os.path.join(directory, "batch_stats"), target)
+    except Exception as e:  # orbax raises many kinds for damaged files
+        raise CheckpointError(f"calibration in {directory} cannot be restored ({e}); delete it to recalibrate.") from None
+    return tuple(meta["widths"]), restored

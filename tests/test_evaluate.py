@@ -1,0 +1,232 @@
+"""Evaluation: AUC arithmetic, sweeps (one pass = per width), calibration, outputs, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from awn_jax import calibration, checkpoints, costs, evaluate, train
+from awn_jax.models import LeNet3C1L
+from awn_jax.widths import num_channels
+from helpers import fake_split, tiny_config
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_auc_trapezoid_normalises_by_the_width_range():
+    assert evaluate.auc_trapezoid([0.25, 0.5, 1.0], [0.8, 0.8, 0.8]) == pytest.approx(0.8)
+    # Linear accuracy: the area is the mean of the end points, whatever the spacing.
+    assert evaluate.auc_trapezoid([0.25, 0.3, 1.0], [0.5, 0.52, 0.8]) == pytest.approx(0.65)
+    # Hand-computed: (0.25 * (0.6 + 0.7) / 2 + 0.5 * (0.7 + 0.9) / 2) / 0.75 = 0.5625 / 0.75
+    assert evaluate.auc_trapezoid([1.0, 0.25, 0.5], [0.9, 0.6, 0.7]) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="at least two"):
+        evaluate.auc_trapezoid([0.5], [0.9])
+    with pytest.raises(ValueError, match="two distinct"):
+        evaluate.auc_trapezoid([0.5, 0.5], [0.9, 0.8])
+
+
+def test_auc_reference_mean_uses_exactly_the_ten_reference_widths():
+    widths = list(evaluate.REFERENCE_WIDTHS) + [0.3, 0.6]
+    accs = [0.1 * i for i in range(10)] + [100.0, 100.0]
+    assert evaluate.auc_reference_mean(widths, accs) == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="missing"):
+        evaluate.auc_reference_mean([0.25, 1.0], [0.5, 0.6])
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """Tiny trained AWN, S-Net and US-Net workdirs on generated data."""
+    root = tmp_path_factory.mktemp("runs")
+    splits = (fake_split("fashion_mnist", 64, 0), fake_split("fashion_mnist", 40, 1))
+    runs = {}
+    for variant, overrides in (("awn", {}), ("snet", {}), ("usnet", {"widths.mode": "sandwich"})):
+        config = tiny_config(variant=variant, num_epochs=1, **{"sweep.throughput_repeats": 0,
+                                                               "sweep.calibration_batches": 2},
+                             **overrides)
+        train.train_and_evaluate(config, str(root / variant), splits=splits)
+        runs[variant] = str(root / variant)
+    return runs, splits
+
+
+def test_one_pass_sweep_equals_per_width_sweep(trained_runs):
+    runs, splits = trained_runs
+    fast = evaluate.sweep(runs["awn"], splits=splits, write=False)
+    slow = evaluate.sweep(runs["awn"], splits=splits, one_pass=False, write=False)
+    assert fast["summary"]["one_pass"] and not slow["summary"]["one_pass"]
+    assert len(fast["rows"]) == len(slow["rows"]) >= 35
+    for a, b in zip(fast["rows"], slow["rows"]):
+        assert a["width"] == b["width"]
+        assert a["top1"] == pytest.approx(b["top1"], abs=1 / 40 + 1e-9)  # at most one tie-flip
+        assert a["top5"] == pytest.approx(b["top5"], abs=1 / 40 + 1e-9)
+    assert np.mean([a["top1"] == b["top1"] for a, b in zip(fast["rows"], slow["rows"])]) > 0.9
+
+
+def test_sweep_rows_cover_every_configuration_and_report_costs(trained_runs):
+    runs, splits = trained_runs
+    result = evaluate.sweep(runs["awn"], splits=splits)
+    rows, summary = result["rows"], result["summary"]
+    assert {num_channels(r["width"], 45) for r in rows} == set(range(11, 46))
+    assert sum(r["reference_width"] for r in rows) == 10
+    macs = [r["macs"] for r in rows]
+    assert macs == sorted(macs) and macs[-1] == costs.width_cost(
+        LeNet3C1L(), jax.eval_shape(lambda: LeNet3C1L().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))),
+        (28, 28, 1), 1.0).macs
+    assert summary["step"] == 4 and summary["test_examples"] == 40
+    assert summary["auc_reference_mean"] == pytest.approx(
+        np.mean([r["top1"] for r in rows if r["reference_width"]]))
+    written = json.load(open(os.path.join(runs["awn"], "eval", "sweep.json")))
+    assert written["summary"]["auc_trapezoid"] == summary["auc_trapezoid"]
+    csv_lines = open(os.path.join(runs["awn"], "eval", "sweep.csv")).read().splitlines()
+    assert len(csv_lines) == len(rows) + 1 and csv_lines[0].startswith("width,channels,top1")
+    assert open(os.path.join(runs["awn"], "eval", "sweep.png"), "rb").read(4) == b"\x89PNG"
+
+
+def test_snet_sweep_uses_the_next_larger_listed_batchnorm(trained_runs):
+    runs, splits = trained_runs
+    run = evaluate.restore_run(runs["snet"])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 28, 28, 1)), jnp.float32)
+    # 0.6 is served by 0.75's BatchNorm: overwrite 0.75's statistics and see the output move.
+    stats = flax.core.unfreeze(run.variables["batch_stats"])
+    before = run.model.apply(run.variables, x, width=0.6)
+    stats["bn1"]["mean_2"] = stats["bn1"]["mean_2"] + 1.0
+    after = run.model.apply({"params": run.variables["params"], "batch_stats": stats}, x, width=0.6)
+    untouched = run.model.apply({"params": run.variables["params"], "batch_stats": stats}, x, width=0.5)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(untouched, run.model.apply(run.variables, x, width=0.5))
+
+
+def test_usnet_calibration_is_a_cumulative_average_per_width(trained_runs):
+    runs, splits = trained_runs
+    run = evaluate.restore_run(runs["usnet"])
+    widths = calibration.calibration_widths(4, 0.25)
+    assert widths == (0.25, 0.5, 0.75, 1.0)
+    rng = np.random.default_rng(0)
+    batches = [jnp.asarray(rng.normal(size=(8, 28, 28, 1)), jnp.float32) for _ in range(3)]
+    model = run.model.clone(bn_widths=widths)
+    variables = calibration.calibrate(model, run.variables["params"], run.variables["batch_stats"], batches, widths)
+    # Slow reference: the first conv's pre-BN output at width 0.5, averaged over batches.
+    c = num_channels(0.5, 32)
+    means, variances = [], []
+    for x in batches:
+        y = run.model.apply({"params": run.variables["params"]}, x, 0.5, method=lambda m, x, w: m.conv1(x, w))
+        flat = np.asarray(y, np.float64).reshape(-1, c)
+        means.append(flat.mean(0))
+        variances.append(flat.var(0, ddof=1))
+    np.testing.assert_allclose(variables["batch_stats"]["bn1"]["mean_1"], np.mean(means, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(variables["batch_stats"]["bn1"]["var_1"], np.mean(variances, 0), rtol=1e-4, atol=1e-5)
+    sizes = [variables["batch_stats"]["bn1"][f"mean_{i}"].shape[0] for i in range(4)]
+    assert sizes == [num_channels(w, 32) for w in widths]
+    # Evaluation at 0.6 uses 0.75's calibrated statistics (the next larger).
+    x = batches[0]
+    stats = flax.core.unfreeze(variables["batch_stats"])
+    base = model.apply(variables, x, width=0.6)
+    stats["bn2"]["mean_2"] = stats["bn2"]["mean_2"] + 1.0
+    assert not np.allclose(base, model.apply({"params": variables["params"], "batch_stats": stats}, x, width=0.6))
+    with pytest.raises(ValueError, match="US-Net's post-training step"):
+        calibration.calibrate(LeNet3C1L(variant="awn"), None, None, batches, widths)
+
+
+def test_calibrated_sweeps_grow_the_model_and_are_stored(trained_runs):
+    runs, splits = trained_runs
+    sizes = {}
+    for num in (4, 10):
+        result = evaluate.sweep(runs["usnet"], splits=splits, calibration=num)
+        sizes[num] = result["summary"]["model_bytes"]
+        assert os.path.exists(os.path.join(runs["usnet"], f"eval_calibrated_{num}w", "sweep.json"))
+        assert os.path.exists(os.path.join(runs["usnet"], "calibration", f"{num}w", "widths.json"))
+    plain = evaluate.sweep(runs["usnet"], splits=splits, write=False)["summary"]["model_bytes"]
+    assert plain < sizes[4] < sizes[10]
+    again = evaluate.sweep(runs["usnet"], splits=splits, calibration=4, write=False)  # loads the stored one
+    assert again["summary"]["auc_trapezoid"] == json.load(open(os.path.join(
+        runs["usnet"], "eval_calibrated_4w", "sweep.json")))["summary"]["auc_trapezoid"]
+    with pytest.raises(ValueError, match="--calibration is for US-Net"):
+        evaluate.sweep(runs["awn"], splits=splits, calibration=4, write=False)
+
+
+def test_compare_overlays_runs_and_prints_the_auc_table(trained_runs, tmp_path):
+    runs, splits = trained_runs
+    for variant in ("awn", "snet"):
+        evaluate.sweep(runs[variant], splits=splits)
+    table = evaluate.compare([runs["awn"], runs["snet"]], str(tmp_path / "fig.png"))
+    assert "| AWN |" in table and "| S-Net |" in table
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _no_eval_written(workdir):
+    return not any(d.startswith("eval") for d in os.listdir(workdir))
+
+
+def test_bad_workdirs_give_one_clear_error_and_write_nothing(trained_runs, tmp_path):
+    runs, splits = trained_runs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(checkpoints.CheckpointError, match="no config.json"):
+        evaluate.sweep(str(empty), splits=splits)
+    assert _no_eval_written(empty)
+    # Config but no checkpoints.
+    shutil.copy(os.path.join(runs["awn"], "config.json"), empty / "config.json")
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoint"):
+        evaluate.sweep(str(empty), splits=splits)
+    # A checkpoint of another model: the S-Net's checkpoints beside the AWN's config.
+    foreign = tmp_path / "foreign"
+    shutil.copytree(runs["snet"], foreign)
+    shutil.copy(os.path.join(runs["awn"], "config.json"), foreign / "config.json")
+    shutil.rmtree(foreign / "eval", ignore_errors=True)
+    with pytest.raises(checkpoints.CheckpointError, match="cannot be restored"):
+        evaluate.sweep(str(foreign), splits=splits)
+    assert _no_eval_written(foreign)
+    # A truncated checkpoint: every data file cut short.
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["awn"], broken)
+    shutil.rmtree(broken / "eval", ignore_errors=True)
+    for root, _, files in os.walk(broken / "checkpoints"):
+        for f in files:
+            path = os.path.join(root, f)
+            if os.path.getsize(path) > 64 and not f.endswith(".json") and "METADATA" not in f.upper():
+                with open(path, "r+b") as handle:
+                    handle.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(checkpoints.CheckpointError):
+        evaluate.sweep(str(broken), splits=splits)
+    assert _no_eval_written(broken)
+
+
+def test_cli_error_is_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "awn_jax.evaluate", f"--workdir={tmp_path}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert run.returncode == 2 and run.stderr.strip().startswith("error:") and "Traceback" not in run.stderr
+
+
+SECOND_SWEEP = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from awn_jax import evaluate, train
+    from helpers import fake_split, tiny_config
+    evaluate.enable_compilation_cache({cache!r})
+    splits = (fake_split("fashion_mnist", 32, 0), fake_split("fashion_mnist", 20, 1))
+    config = tiny_config(variant="standard", num_epochs=1, **{{"sweep.throughput_repeats": 1}})
+    if {train!r}:
+        train.train_and_evaluate(config, {workdir!r}, splits=splits)
+    s = evaluate.sweep({workdir!r}, splits=splits, write=False)["summary"]
+    print(json.dumps([s["programs_compiled"], s["programs_from_cache"]]))
+""")
+
+
+def test_a_second_sweep_compiles_nothing(tmp_path):
+    counts = []
+    for first in (True, False):
+        script = SECOND_SWEEP.format(tests=os.path.dirname(__file__), cache=str(tmp_path / "cache"),
+                                     workdir=str(tmp_path / "wd"), train=first)
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        assert run.returncode == 0, run.stderr[-2000:]
+        counts.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert counts[0][0] > 35  # a per-width sweep: one program per width, and more
+    assert counts[1][0] == 0 and counts[1][1] >= counts[0][0]
