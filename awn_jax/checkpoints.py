@@ -17,7 +17,7 @@ RESUMABLE_FIELDS = frozenset(
     {"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
      "eval_batch_size", "data_dir", "data.raw", "data.download", "distributed",
      "sweep.after_training", "sweep.grid_step", "sweep.throughput_repeats",
-     "sweep.calibration_batches", "sweep.calibrations"}
+     "sweep.calibration_batches", "sweep.calibrations", "perf.conv_batch_chunk"}
 )
 
 

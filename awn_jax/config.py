@@ -71,6 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
 
+    c.perf = ml_collections.ConfigDict()
+    # Training convs take this many images at a time: -1 = 8 on CPU, whole batch elsewhere;
+    # 0 = whole batch. Same function, faster on XLA:CPU (docs/PERFORMANCE_NOTES.md).
+    c.perf.conv_batch_chunk = -1
+
     c.sweep = ml_collections.ConfigDict()
     c.sweep.after_training = True  # main: sweep every width once training ends
     c.sweep.grid_step = 0.0  # 0: every distinct channel configuration; else a regular grid
@@ -122,6 +127,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("optim.schedule", f"unknown schedule {c.optim.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
     if any(not 0 < m < 1 for m in c.optim.milestones) or list(c.optim.milestones) != sorted(c.optim.milestones):
         _fail("optim.milestones", f"{c.optim.milestones!r}", "use increasing fractions of training in (0, 1)")
+    chunk = c.perf.conv_batch_chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < -1:
+        _fail("perf.conv_batch_chunk", f"{chunk!r}", "use -1 (auto), 0 (off) or a positive integer")
     w = c.widths
     if w.mode not in WIDTH_MODES:
         _fail("widths.mode", f"unknown mode {w.mode!r}", f"choose one of {', '.join(WIDTH_MODES)}")

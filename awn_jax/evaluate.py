@@ -29,8 +29,9 @@ import ml_collections
 import numpy as np
 
 from awn_jax import calibration as calib_lib
-from awn_jax import checkpoints, costs, data, train
+from awn_jax import checkpoints, costs, data, runtime, train
 from awn_jax.config import validate
+from awn_jax.models import channel_sizes
 from awn_jax.widths import distinct_widths, num_channels, reference_widths, width_grid
 
 __all__ = [
@@ -312,8 +313,7 @@ def sweep(
         if calibration:
             model, variables = _calibrated_variables(run, calibration, train_split, workdir)
         sample = jnp.zeros((1, *run.info.image_shape), jnp.float32)
-        sizes = sorted({leaf.shape[0] for leaf in jax.tree.leaves(run.variables["batch_stats"])})
-        widths = sweep_widths(c, sizes)
+        widths = sweep_widths(c, channel_sizes(run.variables["params"]))
         use_one_pass = (c.variant == "awn") if one_pass is None else one_pass
         accuracy_fn = accuracies_one_pass if use_one_pass else accuracies_per_width
         eval_start = time.perf_counter()
@@ -470,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="with --compare: write the overlay plot here")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
+    runtime.tune_host_allocator()
     enable_compilation_cache()
     try:
         if args.compare:

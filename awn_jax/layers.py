@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 
 from awn_jax import masks
+from awn_jax.conv import conv2d
 from awn_jax.widths import num_channels, sorted_unique, validate_width
 
 __all__ = [
@@ -171,12 +172,14 @@ class SlicedConv(_WidthLinear):
       in_features: full input channel count (may be omitted if ``fixed_input``).
       strides: int or pair.
       padding: ``'SAME'``, ``'VALID'``, an int or per-dimension pairs.
+      batch_chunk: convolve this many images at a time (``awn_jax.conv``).
     """
 
     kernel_size: Sequence[int] = (3, 3)
     strides: int | Sequence[int] = 1
     padding: str | int | Sequence = "SAME"
     kernel_init: Initializer = conv_kernel_init
+    batch_chunk: int | None = None
 
     @nn.compact
     def __call__(self, x: Array, width: float | None) -> Array:
@@ -184,13 +187,8 @@ class SlicedConv(_WidthLinear):
         kh, kw = _pairs(self.kernel_size, "kernel_size")
         kernel, bias, weights = self._sliced_kernel((kh, kw), x, width)
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-        y = lax.conv_general_dilated(
-            x.astype(dtype),
-            kernel.astype(dtype),
-            window_strides=_pairs(self.strides, "strides"),
-            padding=_padding(self.padding),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = conv2d(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
+                   _padding(self.padding), batch_chunk=self.batch_chunk)
         return self._finish(y, bias, int(y.shape[1] * y.shape[2]) * weights)
 
 
@@ -248,6 +246,7 @@ class DepthwiseConv(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Initializer = conv_kernel_init
+    batch_chunk: int | None = None
 
     @nn.compact
     def __call__(self, x: Array, width: float | None = None) -> Array:
@@ -264,14 +263,8 @@ class DepthwiseConv(nn.Module):
             self, "kernel", self.kernel_init, (kh, kw, 1, self.features), self.param_dtype
         )[..., :c]
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-        y = lax.conv_general_dilated(
-            x.astype(dtype),
-            kernel.astype(dtype),
-            window_strides=_pairs(self.strides, "strides"),
-            padding=_padding(self.padding),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=c,
-        )
+        y = conv2d(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
+                   _padding(self.padding), groups=c, batch_chunk=self.batch_chunk)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)[:c]
         _record(self, "costs", "params", kh * kw * c + (c if self.use_bias else 0))

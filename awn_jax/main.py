@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 import jax
 
-from awn_jax import checkpoints, config as config_lib, data, evaluate, train
+from awn_jax import checkpoints, config as config_lib, data, evaluate, runtime, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -36,6 +36,7 @@ USER_ERRORS = (
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    runtime.tune_host_allocator()
     if not FLAGS.debug:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from awn_jax import checkpoints, data, train_step
 from awn_jax.config import validate
 from awn_jax.metrics_log import MetricsLog
-from awn_jax.models import create_model
+from awn_jax.models import channel_sizes, create_model
 from awn_jax.widths import channel_config, distinct_widths, sandwich_widths
 
 __all__ = ["Trainer", "TrainingError", "make_optimizer", "train_and_evaluate"]
@@ -106,17 +106,25 @@ class Trainer:
         self.sharded = NamedSharding(self.mesh, P("data"))
         sample = jnp.zeros((1, *self.info.image_shape), jnp.float32)
         abstract = jax.eval_shape(functools.partial(self.model.init, width=1.0), jax.random.key(0), sample)
-        self.sizes = sorted({leaf.shape[0] for leaf in jax.tree.leaves(abstract["batch_stats"])})
+        # Layer sizes (conv outputs) decide a width's channels; the one-pass step also
+        # needs every BatchNorm size, which for AWN are the same numbers.
+        self.sizes = sorted(set(channel_sizes(abstract["params"])) |
+                            {leaf.shape[0] for leaf in jax.tree.leaves(abstract["batch_stats"])})
         feats = jax.eval_shape(
             lambda v: self.model.apply(v, sample, width=1.0, method=self.model.features), abstract
         )
         self.feature_size = feats.shape[-1]
         self.one_pass = c.variant == "awn" and c.widths.one_pass
+        chunk = c.perf.conv_batch_chunk
+        if chunk < 0:
+            chunk = 8 if jax.default_backend() == "cpu" else 0
+        # Same variables, same function; only the training convs' lowering differs.
+        self.train_model = self.model.clone(conv_batch_chunk=chunk or None)
         self._width_reps = {}
         self._width_fns = {}
         self._eval_fns = {}
         self._one_pass_fn = jax.jit(functools.partial(
-            train_step.one_pass_step, model=self.model, tx=self.tx, trunk_width=c.widths.w_max
+            train_step.one_pass_step, model=self.train_model, tx=self.tx, trunk_width=c.widths.w_max
             if c.widths.mode == "sandwich" else max(c.widths.fixed),
             feature_size=self.feature_size, momentum=self.model.bn_momentum, distill=c.widths.distill,
         ))
@@ -160,7 +168,13 @@ class Trainer:
         return (widest, *rest)
 
     def _representative(self, width: float) -> float:
-        """A width with the same channels everywhere, so compiled passes are reused."""
+        """A width with the same channels everywhere, so compiled passes are reused.
+
+        S-Net's BatchNorm choice depends on the width itself, not only on channel
+        counts, so its widths are never replaced.
+        """
+        if self.config.variant == "snet":
+            return width
         if not self._width_reps:
             w = self.config.widths
             lo = min(w.w_min, *w.fixed) if w.mode == "fixed" else w.w_min
@@ -209,7 +223,7 @@ class Trainer:
     def _width_fn(self, width: float):
         if width not in self._width_fns:
             self._width_fns[width] = jax.jit(functools.partial(
-                train_step.per_width_grads, model=self.model, width=width,
+                train_step.per_width_grads, model=self.train_model, width=width,
                 distill=self.config.widths.distill,
             ))
         return self._width_fns[width]

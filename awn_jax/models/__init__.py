@@ -6,11 +6,11 @@ from typing import Any
 
 import flax.linen as nn
 
-from awn_jax.models.common import VARIANTS, variant_spec
+from awn_jax.models.common import VARIANTS, channel_sizes, variant_spec
 from awn_jax.models.lenet import LeNet3C1L
 from awn_jax.models.mobilenet_v2 import MobileNetV2
 
-__all__ = ["LeNet3C1L", "MobileNetV2", "MODELS", "VARIANTS", "create_model", "variant_spec"]
+__all__ = ["LeNet3C1L", "MobileNetV2", "MODELS", "VARIANTS", "channel_sizes", "create_model", "variant_spec"]
 
 MODELS = {"lenet3c1l": LeNet3C1L, "mobilenet_v2": MobileNetV2}
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from awn_jax import layers
 from awn_jax.widths import sorted_unique, validate_width
 
-__all__ = ["VARIANTS", "VariantSpec", "variant_spec", "check_images"]
+__all__ = ["VARIANTS", "VariantSpec", "variant_spec", "check_images", "channel_sizes"]
 
 VARIANTS = ("awn", "standard", "snet", "usnet")
 DEFAULT_SNET_WIDTHS = (0.25, 0.5, 0.75, 1.0)
@@ -102,3 +102,19 @@ def check_images(x: Any, width: float) -> float:
             " (e.g. x.astype(jnp.float32) / 255)."
         )
     return width
+
+
+def channel_sizes(params: Any) -> list[int]:
+    """Full channel counts of every width-sliced layer (conv outputs; not the classifier).
+
+    These sizes, through ``num_channels``, decide everything a width changes; S-Net's
+    per-width BatchNorm sizes are storage, not layer sizes.
+    """
+    import jax
+
+    sizes = set()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = [getattr(k, "key", "") for k in path]
+        if names[-1] == "kernel" and "classifier" not in names:
+            sizes.add(int(leaf.shape[-1]))
+    return sorted(sizes)

@@ -1,0 +1,160 @@
+"""Benchmarks: ``python -m awn_jax.bench [--mobilenet] [--steps N]``.
+
+Prints one table of medians over repeated runs after warm-up:
+
+* train-step images/s of every LeNet-3C1L variant (batch 128, Fashion-MNIST
+  shape, 4 widths per step), beside the PyTorch reference's 661 images/s measured
+  on this machine class (REFERENCE.md); MobileNetV2 (CIFAR shape) with --mobilenet;
+* inference images/s at w = 0.25, 0.5, 0.75, 1 and the ratio to w = 1, beside the
+  MACs ratio;
+* compile time per width and for the full 35-width sweep; peak host memory;
+* the AWN step's achieved FLOP/s (XLA's cost analysis) against a large matmul's
+  FLOP/s measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from awn_jax import costs, data, runtime, train
+from awn_jax.config import base_config
+from awn_jax.widths import distinct_widths
+
+REFERENCE_IMAGES_PER_SECOND = 661.0  # authors' PyTorch AWN LeNet sandwich step, REFERENCE.md
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _train_config(model: str, variant: str, mode: str, one_pass: bool = True):
+    c = base_config()
+    c.model, c.variant = model, variant
+    c.dataset = "fashion_mnist" if model == "lenet3c1l" else "cifar10"
+    c.widths.mode, c.widths.one_pass = mode, one_pass
+    if model == "mobilenet_v2":
+        c.widths.w_min, c.widths.fixed = 0.35, (1.0, 0.75, 0.5, 0.35)
+    return c
+
+
+def train_step_rate(model: str, variant: str, mode: str, one_pass: bool, steps: int) -> tuple[float, object]:
+    """Median images/s of ``Trainer.train_step`` at batch 128 on random data."""
+    config = _train_config(model, variant, mode, one_pass)
+    info = data.get_info(config.dataset)
+    trainer = train.Trainer(config, info, steps_per_epoch=1000)
+    state = trainer.init_state()
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (128, *info.image_shape), dtype=np.uint8),
+             "label": rng.integers(0, info.num_classes, 128).astype(np.int32)}
+    for step in range(2):  # warm-up
+        state, _, _ = trainer.train_step(state, batch, step)
+    if not trainer.one_pass and mode == "sandwich":
+        # Steady state: every distinct width's program compiled, as after the first epochs.
+        arrays = trainer.put_batch(batch)
+        images = trainer._preprocess(arrays["image"], 0, True)
+        for w in distinct_widths(trainer.sizes, config.widths.w_min, 1.0):
+            trainer._width_fn(trainer._representative(w))(
+                state.params, state.batch_stats, images, arrays["label"], None)
+    counter = iter(range(4, 10**9))
+
+    def one_step():
+        nonlocal state
+        state, metrics, _ = trainer.train_step(state, batch, next(counter))
+        return state
+
+    return 128 / _median_seconds(one_step, steps), trainer
+
+
+def _step_flops(trainer: train.Trainer) -> float:
+    """FLOPs of one AWN one-pass step according to XLA's cost analysis."""
+    info = trainer.info
+    state = trainer.init_state()
+    images = jnp.zeros((128, *info.image_shape), jnp.float32)
+    labels = jnp.zeros((128,), jnp.int32)
+    counts = train.train_step.channel_counts(trainer.step_widths(0), trainer.sizes)
+    compiled = trainer._one_pass_fn.lower(state, images, labels, counts).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis.get("flops", float("nan")))
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 10) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    return 2 * n**3 / _median_seconds(lambda: f(a), repeats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per figure")
+    parser.add_argument("--mobilenet", action="store_true", help="also time MobileNetV2 (slow to compile on CPU)")
+    parser.add_argument("--no_tune_allocator", action="store_true", help="keep glibc's default allocator settings")
+    args = parser.parse_args(argv)
+    tuned = False if args.no_tune_allocator else runtime.tune_host_allocator()
+    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), {jax.devices()[0].device_kind};"
+          f" allocator tuned: {tuned}; JAX {jax.__version__}")
+
+    print("\n| train step (batch 128, 4 widths) | images/s | x PyTorch reference (661) |\n|---|---|---|")
+    runs = [("lenet3c1l", "awn", "sandwich", True, "LeNet AWN+RS, one trunk pass"),
+            ("lenet3c1l", "awn", "sandwich", False, "LeNet AWN+RS, per-width passes"),
+            ("lenet3c1l", "awn", "fixed", True, "LeNet AWN, fixed widths, one pass"),
+            ("lenet3c1l", "standard", "fixed", True, "LeNet standard BN, fixed widths"),
+            ("lenet3c1l", "snet", "fixed", True, "LeNet S-Net, fixed widths"),
+            ("lenet3c1l", "usnet", "sandwich", True, "LeNet US-Net, sandwich")]
+    if args.mobilenet:
+        runs += [("mobilenet_v2", "awn", "sandwich", True, "MobileNetV2 AWN+RS, one pass"),
+                 ("mobilenet_v2", "usnet", "sandwich", True, "MobileNetV2 US-Net, sandwich")]
+    awn_trainer = None
+    for model, variant, mode, one_pass, label in runs:
+        rate, trainer = train_step_rate(model, variant, mode, one_pass, args.steps)
+        if awn_trainer is None:
+            awn_trainer, awn_rate = trainer, rate
+        print(f"| {label} | {rate:,.0f} | {rate / REFERENCE_IMAGES_PER_SECOND:.2f} |")
+
+    flops = _step_flops(awn_trainer)
+    matmul = matmul_flops_per_second()
+    achieved = flops * awn_rate / 128
+    print(f"\nAWN one-pass step: {flops / 1e9:.2f} GFLOP per step (XLA cost analysis), achieved"
+          f" {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul:.1%} of a 2048^2 matmul's {matmul / 1e9:.0f} GFLOP/s.")
+
+    model = awn_trainer.model
+    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))()
+    x = jnp.zeros((1000, 28, 28, 1), jnp.float32)
+    print("\n| inference width (batch 1000) | images/s | speed vs w=1 | MACs vs w=1 | compile (s) |\n|---|---|---|---|---|")
+    rows = []
+    for w in (1.0, 0.75, 0.5, 0.25):
+        forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
+        start = time.perf_counter()
+        forward.lower(variables, x).compile()
+        compile_seconds = time.perf_counter() - start
+        rate = 1000 / _median_seconds(lambda: forward(variables, x), 5)
+        rows.append((w, rate, costs.width_cost(model, variables, (28, 28, 1), w).macs, compile_seconds))
+    for w, rate, macs, compile_seconds in rows:
+        print(f"| {w:g} | {rate:,.0f} | {rate / rows[0][1]:.2f}x | {macs / rows[0][2]:.3f} | {compile_seconds:.2f} |")
+
+    widths = distinct_widths(45, 0.25, 1.0)
+    start = time.perf_counter()
+    for w in widths:
+        jax.jit(lambda v, x, w=w: model.apply(v, x, width=w)).lower(variables, x).compile()
+    print(f"\ncompiling all {len(widths)} sweep widths: {time.perf_counter() - start:.1f} s;"
+          f" peak host memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**20:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
