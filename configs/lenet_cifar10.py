@@ -1,17 +1,10 @@
-"""LeNet-3C1L on CIFAR10 (paper Table 2): the reference protocol, weight decay 5e-4.
+"""LeNet-3C1L on CIFAR-10 (paper Table 2). CIFAR is prepared from the official archive (README).
 
-CIFAR must be prepared from the official python archive (see README: data).
+Protocol and defaults: ``awn_jax.config.lenet_config``; override any field with --config.FIELD=VALUE.
 """
 
-from awn_jax.config import apply_smoke, base_config
+from awn_jax.config import lenet_config
 
 
 def get_config(arg: str = ""):
-    config = base_config()
-    config.model = "lenet3c1l"
-    config.dataset = "cifar10"
-    if arg == "smoke":
-        apply_smoke(config)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use ':smoke' or nothing.")
-    return config
+    return lenet_config("cifar10", arg)
