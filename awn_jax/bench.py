@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per figure")
     parser.add_argument("--mobilenet", action="store_true", help="also time MobileNetV2 (slow to compile on CPU)")
+    parser.add_argument("--mobilenet_only", action="store_true", help="time MobileNetV2 only")
     parser.add_argument("--no_tune_allocator", action="store_true", help="keep glibc's default allocator settings")
     args = parser.parse_args(argv)
     tuned = False if args.no_tune_allocator else runtime.tune_host_allocator()
@@ -114,9 +115,11 @@ def main(argv: list[str] | None = None) -> None:
             ("lenet3c1l", "standard", "fixed", True, "LeNet standard BN, fixed widths"),
             ("lenet3c1l", "snet", "fixed", True, "LeNet S-Net, fixed widths"),
             ("lenet3c1l", "usnet", "sandwich", True, "LeNet US-Net, sandwich")]
-    if args.mobilenet:
+    if args.mobilenet_only:
+        runs = []
+    if args.mobilenet or args.mobilenet_only:
         runs += [("mobilenet_v2", "awn", "sandwich", True, "MobileNetV2 AWN+RS, one pass"),
-                 ("mobilenet_v2", "usnet", "sandwich", True, "MobileNetV2 US-Net, sandwich")]
+                 ("mobilenet_v2", "standard", "fixed", True, "MobileNetV2 standard BN, fixed widths")]
     awn_trainer = None
     for model, variant, mode, one_pass, label in runs:
         rate, trainer = train_step_rate(model, variant, mode, one_pass, args.steps)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nAWN one-pass step: {flops / 1e9:.2f} GFLOP per step (XLA cost analysis), achieved"
           f" {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul:.1%} of a 2048^2 matmul's {matmul / 1e9:.0f} GFLOP/s.")
 
-    model = awn_trainer.model
+    model = train.build_model(_train_config("lenet3c1l", "awn", "fixed"), 10)
     variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))()
     x = jnp.zeros((1000, 28, 28, 1), jnp.float32)
     print("\n| inference width (batch 1000) | images/s | speed vs w=1 | MACs vs w=1 | compile (s) |\n|---|---|---|---|---|")

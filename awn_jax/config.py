@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.widths.num = 4
     c.widths.w_min = 0.25
     c.widths.w_max = 1.0
+    c.widths.grid_step = 0.0  # sandwich: round random widths to this grid (0: continuous)
     c.widths.one_pass = True  # AWN: one trunk pass shared by every width (exact)
     c.widths.distill = False  # in-place distillation from the widest width
 
@@ -135,6 +136,9 @@ def mobilenet_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     c.eval_widths = (1.0, 0.75, 0.5, 0.35)
     c.eval_batch_size = 500
     c.sweep.grid_step = 0.01
+    # Per-width passes compile one program per distinct channel configuration; MobileNetV2
+    # has hundreds in [0.35, 1], so random widths are drawn on a 0.01 grid (66 programs).
+    c.widths.grid_step = 0.01
     if arg == "smoke":
         apply_smoke(c)
         c.batch_size, c.num_epochs = 32, 1
@@ -184,6 +188,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_width("widths.w_max", w.w_max)
     if w.w_min > w.w_max:
         _fail("widths.w_min", f"{w.w_min} exceeds widths.w_max {w.w_max}", "make w_min <= w_max")
+    if not (isinstance(w.grid_step, (int, float)) and 0 <= w.grid_step < 1):
+        _fail("widths.grid_step", f"{w.grid_step!r}", "use 0 (continuous) or a step in (0, 1)")
     if w.mode == "sandwich" and (isinstance(w.num, bool) or not isinstance(w.num, int) or w.num < 2):
         _fail("widths.num", f"{w.num!r} widths per step", "the sandwich rule needs an integer >= 2")
     if w.mode == "fixed":

@@ -24,7 +24,7 @@ import os
 import pickle
 import struct
 import tarfile
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp

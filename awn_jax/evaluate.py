@@ -282,6 +282,7 @@ def sweep(
     one_pass: bool | None = None,
     throughput_repeats: int | None = None,
     splits: tuple[data.Split, data.Split] | None = None,
+    test_examples: int | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
     """Evaluates a run at every sweep width and writes ``<workdir>/eval*/sweep.{json,csv,png}``.
@@ -294,6 +295,7 @@ def sweep(
       one_pass: AWN's one-pass sweep (default: on for AWN).
       throughput_repeats: timed batches per width (default ``config.sweep.throughput_repeats``).
       splits: in-memory ``(train, test)`` splits instead of loading the dataset.
+      test_examples: evaluate the first N test images (0: all; default: the run's config).
       write: write the result files.
 
     Returns:
@@ -308,6 +310,8 @@ def sweep(
         c = run.config
         if calibration and c.variant != "usnet":
             raise ValueError(f"--calibration is for US-Net; this run is {c.variant!r}.")
+        if splits is None and test_examples is not None:
+            c.data.test_examples = test_examples
         train_split, test_split = splits if splits is not None else (None, train.load_data(c)[1])
         model, variables = run.model, run.variables
         if calibration:
@@ -466,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="AWN one-pass sweep (auto: on for AWN)")
     parser.add_argument("--throughput_repeats", type=int, default=None,
                         help="timed batches per width for images/s (0: skip)")
+    parser.add_argument("--test_examples", type=int, default=None,
+                        help="first N test images (0: all; default: as in training)")
     parser.add_argument("--compare", default=None, help="comma-separated workdirs or sweep.json files")
     parser.add_argument("--out", default=None, help="with --compare: write the overlay plot here")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -480,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give --workdir (or --compare)")
         one_pass = {"auto": None, "true": True, "false": False}[args.one_pass]
         result = sweep(args.workdir, step=args.step, calibration=args.calibration, one_pass=one_pass,
-                       throughput_repeats=args.throughput_repeats)
+                       throughput_repeats=args.throughput_repeats, test_examples=args.test_examples)
     except (checkpoints.CheckpointError, data.DataError, ValueError) as e:
         if args.debug:
             raise

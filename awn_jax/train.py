@@ -162,6 +162,9 @@ class Trainer:
             widths = tuple(float(x) for x in w.fixed)
         else:
             widths = sandwich_widths(self.config.seed, step, w.num, w.w_min, w.w_max)
+            if w.grid_step:
+                widths = tuple(min(w.w_max, max(w.w_min, round(round(x / w.grid_step) * w.grid_step, 10)))
+                               for x in widths)
         widest = max(widths)
         rest = list(widths)
         rest.remove(widest)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from awn_jax import costs
-from awn_jax.models import LeNet3C1L, MobileNetV2, create_model
+from awn_jax.models import LeNet3C1L, create_model
 from awn_jax.widths import num_channels
 
 LENET_X = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)

@@ -102,6 +102,18 @@ def test_invalid_configs_are_rejected_naming_the_field(field, value, match):
         config_lib.validate(config)
 
 
+def test_sandwich_widths_can_be_drawn_on_a_grid():
+    config = tiny_config(**{"widths.mode": "sandwich", "widths.grid_step": 0.05, "widths.num": 6})
+    trainer = train.Trainer(config, train.data.get_info(config.dataset), 3)
+    for step in range(20):
+        widths = trainer.step_widths(step)
+        assert widths[0] == 1.0 and 0.25 in widths
+        assert all(abs(w / 0.05 - round(w / 0.05)) < 1e-9 and 0.25 <= w <= 1.0 for w in widths)
+    config.widths.grid_step = 1.5
+    with pytest.raises(config_lib.ConfigError, match="widths.grid_step"):
+        config_lib.validate(config)
+
+
 def test_snet_must_train_its_listed_widths():
     config = tiny_config(variant="snet", **{"widths.fixed": (1.0, 0.6)})
     with pytest.raises(config_lib.ConfigError, match="S-Net trains its listed BatchNorm widths"):

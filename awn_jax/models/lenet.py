@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from awn_jax.models.common import check_images, variant_spec
 
