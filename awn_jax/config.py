@@ -13,7 +13,8 @@ import ml_collections
 from awn_jax.data import DATASETS
 from awn_jax.models import MODELS, VARIANTS
 
-__all__ = ["base_config", "lenet_config", "mobilenet_config", "validate", "apply_smoke", "ConfigError"]
+__all__ = ["base_config", "lenet_config", "mobilenet_config", "validate", "apply_smoke",
+           "smallest_trained_width", "ConfigError"]
 
 WIDTH_MODES = ("fixed", "sandwich")
 SCHEDULES = ("step", "linear", "constant")
@@ -144,6 +145,11 @@ def mobilenet_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
         c.batch_size, c.num_epochs = 32, 1
         c.data.train_examples = c.data.test_examples = 256
     return c
+
+
+def smallest_trained_width(c: ml_collections.ConfigDict) -> float:
+    """The narrowest width a run trains: the smallest listed width, or the sandwich's w_min."""
+    return min(c.widths.fixed) if c.widths.mode == "fixed" else c.widths.w_min
 
 
 def _fail(field: str, problem: str, fix: str) -> None:

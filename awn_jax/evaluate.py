@@ -30,7 +30,7 @@ import numpy as np
 
 from awn_jax import calibration as calib_lib
 from awn_jax import checkpoints, costs, data, runtime, train
-from awn_jax.config import validate
+from awn_jax.config import smallest_trained_width, validate
 from awn_jax.models import channel_sizes
 from awn_jax.widths import distinct_widths, num_channels, reference_widths, width_grid
 
@@ -140,8 +140,7 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
 def sweep_widths(config: ml_collections.ConfigDict, sizes: Sequence[int]) -> list[float]:
     """Widths of the sweep: every distinct configuration (LeNet) or a grid (MobileNetV2),
     plus the 10 reference widths, within ``[w_min, 1]``."""
-    w_min = config.widths.w_min if config.widths.mode == "sandwich" else min(config.widths.fixed)
-    w_min = min(w_min, 0.25)
+    w_min = min(smallest_trained_width(config), 0.25)
     if config.sweep.grid_step > 0:
         widths = width_grid(w_min, 1.0, config.sweep.grid_step)
     else:
@@ -252,8 +251,7 @@ def _throughput(model, variables, info, widths, batch_size, repeats) -> dict[flo
 def _calibrated_variables(run: Run, num: int, train_split: data.Split | None, workdir: str):
     """US-Net variables calibrated at ``num`` widths: loaded if stored for this step, else computed and stored."""
     c = run.config
-    w_min = c.widths.w_min if c.widths.mode == "sandwich" else min(c.widths.fixed)
-    widths = calib_lib.calibration_widths(num, w_min)
+    widths = calib_lib.calibration_widths(num, smallest_trained_width(c))
     model = run.model.clone(bn_widths=widths)
     sample = jnp.zeros((1, *run.info.image_shape), jnp.float32)
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), sample))["batch_stats"]

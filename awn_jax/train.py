@@ -24,7 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from awn_jax import checkpoints, data, train_step
-from awn_jax.config import validate
+from awn_jax.config import smallest_trained_width, validate
 from awn_jax.metrics_log import MetricsLog
 from awn_jax.models import channel_sizes, create_model
 from awn_jax.widths import channel_config, distinct_widths, sandwich_widths
@@ -179,9 +179,7 @@ class Trainer:
         if self.config.variant == "snet":
             return width
         if not self._width_reps:
-            w = self.config.widths
-            lo = min(w.w_min, *w.fixed) if w.mode == "fixed" else w.w_min
-            for rep in distinct_widths(self.sizes, lo, 1.0):
+            for rep in distinct_widths(self.sizes, smallest_trained_width(self.config), 1.0):
                 self._width_reps[channel_config(rep, self.sizes)] = rep
         return self._width_reps.get(channel_config(width, self.sizes), width)
 
