@@ -25,14 +25,14 @@ class CheckpointError(RuntimeError):
     """A workdir or checkpoint that cannot serve this run; the message says why."""
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+def atomic_write(path: str, content: str | bytes) -> None:
+    """Writes ``content`` (text or bytes) to ``path`` through a temporary file and a rename."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

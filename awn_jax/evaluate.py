@@ -365,17 +365,8 @@ def _write_outputs(directory: str, result: dict) -> None:
     writer.writerows(result["rows"])
     png = _plot([result], two_panels=True)
     checkpoints.atomic_write(os.path.join(directory, "sweep.csv"), text.getvalue())
-    _atomic_bytes(os.path.join(directory, "sweep.png"), png)
+    checkpoints.atomic_write(os.path.join(directory, "sweep.png"), png)
     checkpoints.atomic_write(os.path.join(directory, "sweep.json"), json.dumps(result, indent=1))
-
-
-def _atomic_bytes(path: str, payload: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _label(summary: dict) -> str:
@@ -438,7 +429,7 @@ def compare(paths: Sequence[str], out: str | None = None) -> str:
         lines.append(f"| {p} | {_label(s)} | {100 * s['auc_reference_mean']:.2f} | "
                      f"{100 * s['auc_trapezoid']:.2f} | {s['model_bytes'] / 1024:.1f} | {s['step']} |")
     if out:
-        _atomic_bytes(out, _plot(results, two_panels=False))
+        checkpoints.atomic_write(out, _plot(results, two_panels=False))
     return "\n".join(lines)
 
 
