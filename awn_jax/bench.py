@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m awn_jax.bench [--mobilenet] [--steps N]``.
+"""Benchmarks: ``python -m awn_jax.bench [--mobilenet] [--anytime] [--steps N]``.
 
 Prints one table of medians over repeated runs after warm-up:
 
@@ -9,7 +9,8 @@ Prints one table of medians over repeated runs after warm-up:
   MACs ratio;
 * compile time per width and for the full 35-width sweep; peak host memory;
 * the AWN step's achieved FLOP/s (XLA's cost analysis) against a large matmul's
-  FLOP/s measured in the same run.
+  FLOP/s measured in the same run;
+* with --anytime (alone): anytime widening w1 -> w2 against a direct pass at w2.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awn_jax import costs, data, runtime, train
+from awn_jax import anytime, costs, data, runtime, train
 from awn_jax.config import base_config
 from awn_jax.widths import distinct_widths
 
@@ -97,16 +98,44 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / _median_seconds(lambda: f(a), repeats)
 
 
+def anytime_table(model_name: str, batch: int, repeats: int) -> None:
+    """Prints the time of widening w1 -> w2 against a direct pass at w2, with the MACs ratio."""
+    config = _train_config(model_name, "awn", "fixed")
+    info = data.get_info(config.dataset)
+    model = train.build_model(config, info.num_classes)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *info.image_shape)), jnp.float32)
+    variables = jax.jit(lambda: model.init(jax.random.key(0), x[:1]))()
+    print(f"\n| {model_name} widening (batch {batch}) | direct pass at w2 (ms) | widening w1 -> w2 (ms) |"
+          " time ratio | MACs ratio |\n|---|---|---|---|---|")
+    for w1, w2 in ((0.25, 0.5), (0.5, 0.75), (0.5, 1.0), (0.75, 1.0), (0.25, 1.0)):
+        direct = jax.jit(lambda v, x, w2=w2: model.apply(v, x, width=w2))
+        _, cache = jax.jit(lambda v, x, w1=w1: anytime.run(model, v, x, w1))(variables, x)
+        widen = jax.jit(lambda v, x, c, w2=w2: anytime.widen(model, v, x, c, w2)[0])
+        t_direct = _median_seconds(lambda: direct(variables, x), repeats)
+        t_widen = _median_seconds(lambda: widen(variables, x, cache), repeats)
+        macs = anytime.widening_macs(model, variables, info.image_shape, w1, w2)
+        full = costs.width_cost(model, variables, info.image_shape, w2).macs
+        print(f"| {w1:g} -> {w2:g} | {1e3 * t_direct:.2f} | {1e3 * t_widen:.2f} | {t_widen / t_direct:.2f} |"
+              f" {macs / full:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per figure")
     parser.add_argument("--mobilenet", action="store_true", help="also time MobileNetV2 (slow to compile on CPU)")
     parser.add_argument("--mobilenet_only", action="store_true", help="time MobileNetV2 only")
+    parser.add_argument("--anytime", action="store_true",
+                        help="time anytime widening against direct passes only (with --mobilenet: MobileNetV2 too)")
     parser.add_argument("--no_tune_allocator", action="store_true", help="keep glibc's default allocator settings")
     args = parser.parse_args(argv)
     tuned = False if args.no_tune_allocator else runtime.tune_host_allocator()
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), {jax.devices()[0].device_kind};"
           f" allocator tuned: {tuned}; JAX {jax.__version__}")
+    if args.anytime:
+        anytime_table("lenet3c1l", 1000, args.steps)
+        if args.mobilenet:
+            anytime_table("mobilenet_v2", 100, args.steps)
+        return
 
     print("\n| train step (batch 128, 4 widths) | images/s | x PyTorch reference (661) |\n|---|---|---|")
     runs = [("lenet3c1l", "awn", "sandwich", True, "LeNet AWN+RS, one trunk pass"),

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["WidthCost", "count_leaves", "model_size_bytes", "width_cost", "width_costs"]
+__all__ = ["WidthCost", "count_leaves", "model_size_bytes", "sum_recorded", "width_cost", "width_costs",
+           "width_for_budget"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,8 @@ def model_size_bytes(variables: Mapping[str, Any]) -> int:
     )
 
 
-def _sum_recorded(tree: Any, name: str) -> int:
+def sum_recorded(tree: Any, name: str) -> int:
+    """Sum of the counts named ``name`` (``"macs"`` or ``"params"``) in a ``costs`` collection."""
     total = 0
     for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if any(getattr(k, "key", None) == name for k in path):
@@ -77,7 +79,7 @@ def width_cost(
         recorded.update(state["costs"])
 
     jax.eval_shape(run, variables)
-    return WidthCost(width, _sum_recorded(recorded, "params"), _sum_recorded(recorded, "macs"))
+    return WidthCost(width, sum_recorded(recorded, "params"), sum_recorded(recorded, "macs"))
 
 
 def width_costs(
@@ -88,3 +90,30 @@ def width_costs(
 ) -> list[WidthCost]:
     """:func:`width_cost` at each of ``widths``."""
     return [width_cost(model, variables, input_shape, w) for w in widths]
+
+
+def width_for_budget(costs: Mapping[float, float], budget: float, unit: str = "") -> float:
+    """The widest width whose cost fits ``budget``.
+
+    Args:
+      costs: cost per width (MACs from :func:`width_costs`, or measured latency
+        from an evaluation sweep); need not be monotonic (measured latency is noisy).
+      budget: the largest acceptable cost.
+      unit: the cost's unit, for the error message.
+
+    Raises:
+      ValueError: no width fits; the message names the cheapest width and its cost.
+    """
+    if not costs:
+        raise ValueError("width_for_budget needs a cost for at least one width.")
+    if not (isinstance(budget, (int, float)) and np.isfinite(budget)):
+        raise ValueError(f"the budget must be a finite number, got {budget!r}.")
+    fitting = [w for w, c in costs.items() if c <= budget]
+    if not fitting:
+        cheapest = min(costs, key=costs.get)
+        raise ValueError(
+            f"no width fits a budget of {budget:g}{unit}: the cheapest, width {cheapest:g},"
+            f" costs {costs[cheapest]:g}{unit}. Raise the budget or use a model with a"
+            " smaller narrowest width."
+        )
+    return max(fitting)

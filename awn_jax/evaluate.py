@@ -44,6 +44,7 @@ __all__ = [
     "accuracies_one_pass",
     "sweep",
     "compare",
+    "choose_width",
     "enable_compilation_cache",
 ]
 
@@ -330,6 +331,7 @@ def sweep(
     rows = [
         {"width": w, "channels": num_channels(w, feature_size), "top1": acc[w][0], "top5": acc[w][1],
          "params": wc.params, "macs": wc.macs, "images_per_second": speed[w],
+         "batch_ms": None if speed[w] is None else 1000 * c.eval_batch_size / speed[w],
          "reference_width": round(w, 6) in REFERENCE_WIDTHS}
         for w, wc in zip(widths, width_costs)
     ]
@@ -337,7 +339,7 @@ def sweep(
     summary = {
         "workdir": os.path.abspath(workdir), "model": c.model, "variant": c.variant,
         "dataset": c.dataset, "step": run.step, "calibrated_widths": calibration,
-        "num_widths": len(rows), "test_examples": len(test_split),
+        "num_widths": len(rows), "test_examples": len(test_split), "eval_batch_size": c.eval_batch_size,
         "auc_trapezoid": auc_trapezoid(widths, tops), "auc_reference_mean": auc_reference_mean(widths, tops),
         "one_pass": use_one_pass, "model_bytes": costs.model_size_bytes(variables),
         "checkpoint_bytes_on_disk": run.checkpoint_bytes, "accuracy_seconds": accuracy_seconds,
@@ -433,6 +435,37 @@ def compare(paths: Sequence[str], out: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def choose_width(result: dict, *, budget_macs: float | None = None, budget_ms: float | None = None) -> dict:
+    """The widest swept width within a budget, and what the sweep measured there.
+
+    Args:
+      result: a sweep (as :func:`sweep` returns or ``sweep.json`` holds).
+      budget_macs: multiply-accumulates per image.
+      budget_ms: measured milliseconds per batch of the sweep's ``eval_batch_size``
+        on the device that ran the sweep.
+
+    Returns:
+      The sweep's row at that width (``width``, ``top1``, ``macs``, ``batch_ms``, ...).
+
+    Raises:
+      ValueError: no budget or both given, no latency measured, or no width fits (the
+        message names the cheapest width's cost).
+    """
+    if (budget_macs is None) == (budget_ms is None):
+        raise ValueError("give exactly one budget: --budget_macs or --budget_ms.")
+    rows = {r["width"]: r for r in result["rows"]}
+    if budget_macs is not None:
+        width = costs.width_for_budget({w: r["macs"] for w, r in rows.items()}, budget_macs, " MACs")
+    else:
+        if any(r.get("batch_ms") is None for r in rows.values()):
+            raise ValueError(
+                "this sweep measured no latency (throughput_repeats 0, or a sweep from an older"
+                " version): sweep again with --throughput_repeats=3."
+            )
+        width = costs.width_for_budget({w: r["batch_ms"] for w, r in rows.items()}, budget_ms, " ms")
+    return rows[width]
+
+
 def format_summary(result: dict) -> str:
     """A short human-readable summary of one sweep."""
     s = result["summary"]
@@ -463,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="first N test images (0: all; default: as in training)")
     parser.add_argument("--compare", default=None, help="comma-separated workdirs or sweep.json files")
     parser.add_argument("--out", default=None, help="with --compare: write the overlay plot here")
+    parser.add_argument("--budget_macs", type=float, default=None,
+                        help="pick the widest width within this many MACs per image (reuses the sweep if saved)")
+    parser.add_argument("--budget_ms", type=float, default=None,
+                        help="pick the widest width whose measured time per eval batch fits (reuses the sweep)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     runtime.tune_host_allocator()
@@ -473,16 +510,28 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.workdir:
             parser.error("give --workdir (or --compare)")
-        one_pass = {"auto": None, "true": True, "false": False}[args.one_pass]
-        result = sweep(args.workdir, step=args.step, calibration=args.calibration, one_pass=one_pass,
-                       throughput_repeats=args.throughput_repeats, test_examples=args.test_examples)
+        budget = args.budget_macs is not None or args.budget_ms is not None
+        saved = os.path.join(_eval_dir(args.workdir, args.calibration), "sweep.json")
+        if budget and args.step is None and os.path.exists(saved):
+            result = _load_result(saved)
+        else:
+            one_pass = {"auto": None, "true": True, "false": False}[args.one_pass]
+            result = sweep(args.workdir, step=args.step, calibration=args.calibration, one_pass=one_pass,
+                           throughput_repeats=args.throughput_repeats, test_examples=args.test_examples)
+            print(format_summary(result))
+            print(f"wrote {os.path.dirname(saved)}/sweep.json, sweep.csv, sweep.png")
+        if budget:
+            row = choose_width(result, budget_macs=args.budget_macs, budget_ms=args.budget_ms)
+            ms = "" if row.get("batch_ms") is None else f", {row['batch_ms']:.2f} ms per batch of" \
+                f" {result['summary'].get('eval_batch_size', '?')}"
+            print(f"width {row['width']:g} ({row['channels']} channels in the last layer): "
+                  f"{row['macs'] / 1e6:.2f} MMACs per image{ms}; top-1 {100 * row['top1']:.2f}% "
+                  f"measured by the sweep at step {result['summary']['step']}.")
     except (checkpoints.CheckpointError, data.DataError, ValueError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(result))
-    print(f"wrote {_eval_dir(args.workdir, args.calibration)}/sweep.json, sweep.csv, sweep.png")
     return 0
 
 

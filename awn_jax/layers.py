@@ -9,7 +9,10 @@ Layers record two optional collections when the caller makes them mutable:
 * ``costs``: ``macs`` (multiply-accumulates per example) and ``params`` (active
   parameters, mask zeros excluded) of each call;
 * ``batch_moments``: the batch mean and (unbiased) variance BatchNorm computed in
-  train mode, for training and calibration code that updates statistics itself.
+  train mode, for training and calibration code that updates statistics itself;
+* ``effective``: the arrays each call used (kernels sliced and masked, BatchNorm
+  affine and statistics sliced), from which ``awn_jax.export`` builds a plain
+  fixed-width network.
 """
 
 from __future__ import annotations
@@ -111,23 +114,41 @@ class _WidthLinear(nn.Module):
             c_out = num_channels(width, self.features)
         return full_in, c_in, c_out
 
-    def _sliced_kernel(self, lead_shape: tuple, x: Array, width: float | None):
+    def _sliced_kernel(self, lead_shape: tuple, x: Array, width: float | None, new_from: float | None):
+        """The active (masked) kernel and bias, and the active weight count.
+
+        With ``new_from``, only the part that ``width`` adds over ``new_from``: the
+        new output columns (every active input row), or for a fixed-output layer the
+        new input rows and no bias (their contribution to the outputs).
+        """
         full_in, c_in, c_out = self._active_counts(x, width)
         kernel = _checked_param(
             self, "kernel", self.kernel_init, (*lead_shape, full_in, self.features), self.param_dtype
         )
-        kernel = kernel[..., :c_in, :c_out]
+        rows, cols = slice(0, c_in), slice(0, c_out)
+        if new_from is not None:
+            if not (self.triangular or self.fixed_input or self.fixed_output):
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}' cannot compute only the channels a"
+                    " width adds: its existing outputs read the new inputs too, so they change"
+                    " with the width. Only triangular (AWN) layers can be widened."
+                )
+            start = num_channels(validate_width(new_from), full_in if self.fixed_output else self.features)
+            rows, cols = (slice(start, c_in), cols) if self.fixed_output else (rows, slice(start, c_out))
+        kernel = kernel[..., rows, cols]
         receptive = int(np.prod(lead_shape, dtype=np.int64))
         if self._is_masked:
-            mask = masks.triangular_mask(full_in, self.features)[:c_in, :c_out]
+            mask = masks.triangular_mask(full_in, self.features)[rows, cols]
             kernel = kernel * jnp.asarray(mask, kernel.dtype)
-            weights = receptive * masks.mask_nonzeros(full_in, self.features, c_in, c_out)
+            weights = receptive * int(mask.sum())
         else:
-            weights = receptive * c_in * c_out
+            weights = receptive * (rows.stop - rows.start) * (cols.stop - cols.start)
         bias = None
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)[:c_out]
-        _record(self, "costs", "params", weights + (c_out if self.use_bias else 0))
+        if self.use_bias and not (new_from is not None and self.fixed_output):
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)[cols]
+        _record(self, "costs", "params", weights + (0 if bias is None else bias.shape[0]))
+        if new_from is None:
+            _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
         return kernel, bias, weights
 
     @property
@@ -182,10 +203,14 @@ class SlicedConv(_WidthLinear):
     batch_chunk: int | None = None
 
     @nn.compact
-    def __call__(self, x: Array, width: float | None) -> Array:
-        """Applies the conv at ``width`` to ``x`` of shape ``(N, H, W, active_in)``."""
+    def __call__(self, x: Array, width: float | None, *, new_from: float | None = None) -> Array:
+        """Applies the conv at ``width`` to ``x`` of shape ``(N, H, W, active_in)``.
+
+        ``new_from``: compute only the output channels that ``width`` adds over this
+        narrower width (anytime widening; triangular or fixed-input layers only).
+        """
         kh, kw = _pairs(self.kernel_size, "kernel_size")
-        kernel, bias, weights = self._sliced_kernel((kh, kw), x, width)
+        kernel, bias, weights = self._sliced_kernel((kh, kw), x, width, new_from)
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = conv2d(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
                    _padding(self.padding), batch_chunk=self.batch_chunk)
@@ -216,10 +241,17 @@ class SlicedDense(_WidthLinear):
     """
 
     @nn.compact
-    def __call__(self, x: Array, width: float | None = None) -> Array:
-        """Applies the layer to ``x`` of shape ``(N, *spatial, active_in)``."""
+    def __call__(self, x: Array, width: float | None = None, *, new_from: float | None = None) -> Array:
+        """Applies the layer to ``x`` of shape ``(N, *spatial, active_in)``.
+
+        ``new_from`` (anytime widening): compute only what ``width`` adds over this
+        narrower width: the new outputs, or for a fixed-output layer the new inputs'
+        contribution to the outputs (to add to the narrower result; no bias).
+        """
         spatial = tuple(x.shape[1:-1])
-        kernel, bias, weights = self._sliced_kernel(spatial, x, width)
+        kernel, bias, weights = self._sliced_kernel(spatial, x, width, new_from)
+        if new_from is not None and self.fixed_output:
+            x = x[..., x.shape[-1] - kernel.shape[-2] :]  # the new input channels
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=len(spatial) + 1)
         return self._finish(y, bias, weights)
@@ -249,8 +281,12 @@ class DepthwiseConv(nn.Module):
     batch_chunk: int | None = None
 
     @nn.compact
-    def __call__(self, x: Array, width: float | None = None) -> Array:
-        """Applies the conv to ``x`` of shape ``(N, H, W, c)`` with ``c <= features``."""
+    def __call__(self, x: Array, width: float | None = None, *, new_from: float | None = None) -> Array:
+        """Applies the conv to ``x`` of shape ``(N, H, W, c)`` with ``c <= features``.
+
+        ``new_from``: compute only the channels that ``width`` adds over this narrower
+        width (anytime widening; channels are independent, so old ones never change).
+        """
         c = x.shape[-1]
         expected = c if width is None else num_channels(width, self.features)
         if c != expected or c > self.features:
@@ -258,17 +294,23 @@ class DepthwiseConv(nn.Module):
                 f"DepthwiseConv '{self.name}' expects {expected} of its {self.features}"
                 f" channels at width {width}, got {c}."
             )
+        start = 0 if new_from is None else num_channels(validate_width(new_from), self.features)
+        x = x[..., start:]
         kh, kw = _pairs(self.kernel_size, "kernel_size")
         kernel = _checked_param(
             self, "kernel", self.kernel_init, (kh, kw, 1, self.features), self.param_dtype
-        )[..., :c]
+        )[..., start:c]
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = conv2d(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
-                   _padding(self.padding), groups=c, batch_chunk=self.batch_chunk)
+                   _padding(self.padding), groups=c - start, batch_chunk=self.batch_chunk)
+        bias = None
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)[:c]
-        _record(self, "costs", "params", kh * kw * c + (c if self.use_bias else 0))
-        _record(self, "costs", "macs", int(y.shape[1] * y.shape[2]) * kh * kw * c)
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)[start:c]
+            y = y + bias
+        if new_from is None:
+            _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
+        _record(self, "costs", "params", (kh * kw + self.use_bias) * (c - start))
+        _record(self, "costs", "macs", int(y.shape[1] * y.shape[2]) * kh * kw * (c - start))
         return y
 
 
@@ -331,6 +373,7 @@ class _PrefixNorm(nn.Module):
     def _normalize(self, x, mean, var, scale, bias):
         c = x.shape[-1]
         _record(self, "costs", "params", 2 * c)
+        _record(self, "effective", "arrays", {"scale": scale[:c], "bias": bias[:c], "mean": mean[:c], "var": var[:c]})
         inv = lax.rsqrt(var[:c] + self.epsilon) * scale[:c]
         y = (x.astype(_stats_dtype(x)) - mean[:c]) * inv + bias[:c]
         return y.astype(self.dtype or x.dtype)
@@ -369,12 +412,26 @@ class PrefixBatchNorm(_PrefixNorm):
     """
 
     @nn.compact
-    def __call__(self, x: Array, width: float | None = None, train: bool = False) -> Array:
-        """Normalises ``x`` of shape ``(..., c)``, ``c <= features``; ``width`` is unused."""
+    def __call__(self, x: Array, width: float | None = None, train: bool = False, *,
+                 new_from: float | None = None) -> Array:
+        """Normalises ``x`` of shape ``(..., c)``, ``c <= features``; ``width`` is unused.
+
+        ``new_from`` (anytime widening, eval mode): normalise only the channels past
+        the first ``num_channels(new_from, features)``.
+        """
         del width
         self._check(x, self.features)
         scale, bias = self._affine("", self.features)
         stats = self._stats("", self.features)
+        if new_from is not None:
+            if train:
+                raise ValueError(
+                    f"PrefixBatchNorm '{self.name}': widening runs in eval mode (train=False);"
+                    " batch statistics over new channels only would differ from a full pass."
+                )
+            start = num_channels(validate_width(new_from), self.features)
+            mean, var = stats[0].value[start:], stats[1].value[start:]
+            return self._normalize(x[..., start:], mean, var, scale[start:], bias[start:])
         if train:
             return self._train(x, stats, scale, bias)
         return self._normalize(x, stats[0].value, stats[1].value, scale, bias)

@@ -1,0 +1,203 @@
+"""Beyond the paper: anytime widening, width for a budget, fixed-width export."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from awn_jax import anytime, checkpoints, costs, evaluate, export, layers
+from awn_jax.models import LeNet3C1L, MobileNetV2
+
+# A MobileNetV2 that compiles in seconds, with what matters: expansion, depthwise
+# convs, a stride-2 block and residual blocks (the repeated ones). The CIFAR layout
+# is the same code with more blocks; its MAC identity is checked below.
+SMALL_BLOCKS = ((1, 8, 1, 1), (6, 12, 2, 1), (6, 16, 2, 2))
+
+
+def _randomised(model, shape, seed=0):
+    """Variables with every parameter and statistic perturbed, so no channel is trivial."""
+    x = jnp.zeros((1, *shape))
+    variables = model.init(jax.random.key(seed), x)
+    leaves, tree = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [leaf + 0.5 * jax.random.normal(k, leaf.shape) * (jnp.std(leaf) + 0.1) for leaf, k in zip(leaves, keys)]
+    variables = jax.tree.unflatten(tree, leaves)
+    variables["batch_stats"] = jax.tree.map(lambda a: jnp.abs(a) + 0.5, variables["batch_stats"])
+    return variables
+
+
+def _images(shape, n=3, seed=0):
+    return jax.random.normal(jax.random.key(100 + seed), (n, *shape))
+
+
+def _close(a, b):
+    scale = float(jnp.max(jnp.abs(b)))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5 * max(scale, 1.0))
+
+
+LENET = (LeNet3C1L(), (28, 28, 1))
+SMALL_MBV2 = (MobileNetV2(block_settings=SMALL_BLOCKS, last_channels=64), (32, 32, 3))
+
+
+def _chain_errors(model, chain, method=None):
+    """One program: a pass at chain[0], widenings through the chain, and direct passes."""
+
+    def errors(variables, x):
+        direct = lambda w: model.apply(variables, x, width=w, method=method)  # noqa: E731
+        out, cache = anytime.run(model, variables, x, chain[0], method=method)
+        errs = [jnp.max(jnp.abs(out - direct(chain[0])))]
+        for w in chain[1:]:
+            out, cache = anytime.widen(model, variables, x, cache, w, method=method)
+            errs.append(jnp.max(jnp.abs(out - direct(w))) / jnp.maximum(1.0, jnp.max(jnp.abs(direct(w)))))
+        return jnp.stack(errs)
+
+    return jax.jit(errors)
+
+
+@pytest.mark.parametrize("model,shape,chains", [(*LENET, 8), (*SMALL_MBV2, 3)], ids=["lenet", "mobilenet_v2"])
+def test_widening_equals_a_direct_pass_over_random_width_chains(model, shape, chains):
+    variables = _randomised(model, shape)
+    x = _images(shape)
+    rng = np.random.default_rng(0)
+    for i in range(chains):
+        chain = tuple(float(w) for w in np.sort(rng.uniform(0.1, 1.0, size=3)))
+        # Logits, and for one chain the hidden features too.
+        method = "features" if i == 0 else None
+        assert float(jnp.max(_chain_errors(model, chain, method)(variables, x))) < 2e-5, chain
+
+
+def test_the_cache_crosses_jit_boundaries():
+    model, shape = SMALL_MBV2
+    variables = _randomised(model, shape)
+    x = _images(shape, n=2)
+    _, cache = jax.jit(lambda v, x: anytime.run(model, v, x, 0.4))(variables, x)
+    out, cache = jax.jit(lambda v, x, c: anytime.widen(model, v, x, c, 1.0))(variables, x, cache)
+    assert cache.width == 1.0
+    _close(out, model.apply(variables, x, width=1.0))
+
+
+@pytest.mark.parametrize("model,shape", [LENET, (MobileNetV2(), (32, 32, 3))], ids=["lenet", "mobilenet_v2"])
+def test_widening_computes_exactly_the_macs_the_wider_width_adds(model, shape):
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
+    macs = {w: costs.width_cost(model, variables, shape, w).macs for w in (0.25, 0.5, 0.61, 1.0)}
+    for w1, w2 in ((0.25, 0.5), (0.5, 1.0), (0.25, 1.0), (0.61, 1.0), (0.5, 0.5)):
+        assert anytime.widening_macs(model, variables, shape, w1, w2) == macs[w2] - macs[w1]
+    # A chain costs what the widest width costs, however it is split.
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+
+    def chain(v, x):
+        _, cache = anytime.run(model, v, x, 0.25)
+        for w in (0.5, 0.61, 1.0):
+            _, cache = anytime.widen(model, v, x, cache, w)
+        assert cache.macs == macs[1.0]
+
+    jax.eval_shape(chain, variables, x)
+
+
+@pytest.mark.parametrize("variant", ["standard", "snet", "usnet"])
+def test_widening_is_refused_for_baselines(variant):
+    model = LeNet3C1L(variant=variant)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    with pytest.raises(ValueError, match="needs an AWN model; this one is"):
+        anytime.run(model, variables, jnp.zeros((1, 28, 28, 1)), 0.5)
+
+
+def test_widening_refuses_a_narrower_width_and_a_sliced_layer():
+    model, shape = LENET
+    variables = _randomised(model, shape)
+    _, cache = anytime.run(model, variables, _images(shape), 0.5)
+    with pytest.raises(ValueError, match="narrower"):
+        anytime.widen(model, variables, _images(shape), cache, 0.25)
+    conv = layers.SlicedConv(8, in_features=8)
+    params = conv.init(jax.random.key(0), jnp.zeros((1, 5, 5, 8)), 1.0)
+    with pytest.raises(ValueError, match="existing outputs read the new inputs"):
+        conv.apply(params, jnp.zeros((1, 5, 5, 8)), 1.0, new_from=0.5)
+
+
+class OwnNet(nn.Module):
+    """A user's model from the library's layers: widening needs nothing more."""
+
+    @nn.compact
+    def __call__(self, x, width=1.0):
+        x = layers.TriangularConv(16, fixed_input=True)(x, width)
+        x = nn.relu(layers.PrefixBatchNorm(16)(x, width))
+        x = layers.TriangularConv(24, in_features=16, strides=2)(x, width)
+        x = nn.relu(layers.PrefixBatchNorm(24)(x, width))
+        return layers.TriangularDense(5, in_features=24, fixed_output=True)(jnp.mean(x, axis=(1, 2)))
+
+
+def test_widening_works_for_ones_own_triangular_model():
+    model, shape = OwnNet(), (12, 12, 3)
+    variables = _randomised(model, shape)
+    assert float(jnp.max(_chain_errors(model, (0.3, 0.5, 0.9))(variables, _images(shape)))) < 2e-5
+
+
+# ----------------------------------------------------------------------------- budget
+
+
+def test_width_for_budget_picks_the_widest_width_that_fits():
+    table = {0.25: 1.0, 0.5: 2.0, 0.75: 2.9, 1.0: 4.0}
+    assert costs.width_for_budget(table, 3.0) == 0.75
+    assert costs.width_for_budget(table, 4.0) == 1.0
+    assert costs.width_for_budget(table, 1.0) == 0.25
+    # Measured latency is noisy: not monotonic, still the widest that fits.
+    assert costs.width_for_budget({0.25: 1.2, 0.5: 1.1, 0.75: 3.0}, 1.15) == 0.5
+    with pytest.raises(ValueError, match=r"cheapest, width 0.25, costs 1 ms"):
+        costs.width_for_budget(table, 0.5, " ms")
+    with pytest.raises(ValueError, match="finite"):
+        costs.width_for_budget(table, float("nan"))
+
+
+def test_choose_width_reads_macs_or_latency_from_a_sweep():
+    rows = [{"width": w, "macs": m, "batch_ms": t, "top1": a}
+            for w, m, t, a in ((0.25, 100, 1.0, 0.7), (0.5, 300, 2.0, 0.8), (1.0, 900, 5.0, 0.9))]
+    result = {"summary": {}, "rows": rows}
+    assert evaluate.choose_width(result, budget_macs=500)["top1"] == 0.8
+    assert evaluate.choose_width(result, budget_ms=5.0)["width"] == 1.0
+    with pytest.raises(ValueError, match="exactly one budget"):
+        evaluate.choose_width(result)
+    with pytest.raises(ValueError, match="costs 100 MACs"):
+        evaluate.choose_width(result, budget_macs=99)
+    rows[0]["batch_ms"] = None
+    with pytest.raises(ValueError, match="measured no latency"):
+        evaluate.choose_width(result, budget_ms=3.0)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("variant", ["awn", "standard", "snet", "usnet"])
+def test_exported_lenet_equals_the_any_width_model(variant):
+    model = LeNet3C1L(variant=variant, bn_widths=(0.25, 0.6, 1.0) if variant == "usnet" else None)
+    shape = (28, 28, 1)
+    variables = _randomised(model, shape)
+    x = _images(shape)
+    for width in (0.3, 0.6, 1.0):
+        plain, plain_vars = export.export(model, variables, shape, width)
+        assert isinstance(plain, export.PlainLeNet3C1L)
+        _close(jax.jit(plain.apply)(plain_vars, x), model.apply(variables, x, width=width))
+        # Sliced to the active channels, masks folded: the stored non-zeros are the active params.
+        nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
+        assert nonzeros == costs.width_cost(model, variables, shape, width).params
+
+
+def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tmp_path):
+    model, shape = SMALL_MBV2
+    variables = _randomised(model, shape)
+    x = _images(shape, n=2)
+    sizes = {}
+    for width in (0.35, 1.0):
+        plain, plain_vars = export.export(model, variables, shape, width)
+        expected = model.apply(variables, x, width=width)
+        _close(plain.apply(plain_vars, x), expected)
+        directory = tmp_path / f"w{width}"
+        export.save(plain, plain_vars, str(directory))
+        loaded, loaded_vars = export.load(str(directory))
+        _close(loaded.apply(loaded_vars, x), expected)
+        sizes[width] = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    assert sizes[0.35] < 0.5 * sizes[1.0]
+    with pytest.raises(ValueError, match="not empty"):
+        export.save(plain, plain_vars, str(tmp_path / "w1.0"))
+    with pytest.raises(checkpoints.CheckpointError, match="no exported model"):
+        export.load(str(tmp_path))
