@@ -378,16 +378,16 @@ def _label(summary: dict) -> str:
     return name
 
 
-def _plot(results: Sequence[dict], two_panels: bool) -> bytes:
+def _plot(results: Sequence[dict], two_panels: bool, labels: Sequence[str] | None = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2 if two_panels else 1, figsize=(11 if two_panels else 6, 4), squeeze=False)
-    for result in results:
+    for i, result in enumerate(results):
         s, rows = result["summary"], result["rows"]
-        label = f"{_label(s)}  AUC {100 * s['auc_reference_mean']:.2f}"
+        label = f"{labels[i] if labels else _label(s)}  AUC {100 * s['auc_reference_mean']:.2f}"
         widths = [r["width"] for r in rows]
         tops = [100 * r["top1"] for r in rows]
         axes[0][0].plot(widths, tops, marker=".", label=label)
@@ -422,16 +422,24 @@ def _load_result(path: str) -> dict:
         ) from None
 
 
-def compare(paths: Sequence[str], out: str | None = None) -> str:
-    """Overlays several sweeps (workdirs, eval dirs or sweep.json files) and returns the AUC table."""
+def compare(paths: Sequence[str], out: str | None = None, labels: Sequence[str] | None = None) -> str:
+    """Overlays several sweeps (workdirs, eval dirs or sweep.json files) and returns the AUC table.
+
+    Args:
+      paths: the sweeps.
+      out: write the overlay plot (PNG) here.
+      labels: one legend label per sweep (default: the variant's name).
+    """
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"compare got {len(labels)} labels for {len(paths)} sweeps; give one per sweep.")
     results = [_load_result(p) for p in paths]
     lines = ["| run | variant | AUC (10-width mean) | AUC (trapezoid) | size (KiB) | step |", "|---|---|---|---|---|---|"]
-    for p, r in zip(paths, results):
+    for i, (p, r) in enumerate(zip(paths, results)):
         s = r["summary"]
-        lines.append(f"| {p} | {_label(s)} | {100 * s['auc_reference_mean']:.2f} | "
+        lines.append(f"| {p} | {labels[i] if labels else _label(s)} | {100 * s['auc_reference_mean']:.2f} | "
                      f"{100 * s['auc_trapezoid']:.2f} | {s['model_bytes'] / 1024:.1f} | {s['step']} |")
     if out:
-        checkpoints.atomic_write(out, _plot(results, two_panels=False))
+        checkpoints.atomic_write(out, _plot(results, two_panels=False, labels=labels))
     return "\n".join(lines)
 
 
