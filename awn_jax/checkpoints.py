@@ -111,6 +111,8 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 3):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise CheckpointError(f"{self.directory} is a file, not a checkpoint directory; use another --workdir.")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -120,9 +122,25 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any) -> None:
-        """Saves ``state`` at ``step`` and waits until it is complete on disk."""
-        self.manager.save(step, args=ocp.args.StandardSave(state))
-        self.manager.wait_until_finished()
+        """Saves ``state`` at ``step`` and waits until it is complete on disk.
+
+        Orbax writes into a temporary directory and renames it when complete, so a
+        failed or killed save never replaces an earlier checkpoint.
+
+        Raises:
+          CheckpointError: the write failed (disk full, permissions); names the
+            checkpoints still intact.
+        """
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state))
+            self.manager.wait_until_finished()
+        except OSError as e:
+            intact = [s for s in self.manager.all_steps() if s != step]
+            raise CheckpointError(
+                f"saving the checkpoint of step {step} in {self.directory} failed ({e.strerror or e});"
+                f" free disk space or fix permissions and run again to resume. Intact checkpoints:"
+                f" {intact or 'none'}."
+            ) from None
 
     def restore(self, target: Any, step: int | None = None) -> Any:
         """Restores ``step`` (default: the latest) into the structure of ``target``."""

@@ -213,7 +213,7 @@ def _check_split(info: DatasetInfo, data: Split, where: str) -> None:
 # ----------------------------------------------------------------------------- TFDS
 
 
-def _local_builder_cls(info: DatasetInfo, raw: str | None):
+def _local_builder_cls(info: DatasetInfo, raw: str | None, splits: dict[str, Split]):
     import tensorflow_datasets as tfds
 
     class _Local(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -236,7 +236,7 @@ def _local_builder_cls(info: DatasetInfo, raw: str | None):
             return {s: self._generate_examples(s) for s in ("train", "test")}
 
         def _generate_examples(self, split):
-            data = read_raw(info.name, raw, split)
+            data = splits[split]
             for i in range(len(data)):
                 yield i, {"image": data.images[i], "label": int(data.labels[i])}
 
@@ -265,8 +265,10 @@ def prepare(name: str, raw: str | None = None, data_dir: str | None = None) -> s
     data_dir = data_dir or default_data_dir()
     if not _raw_available(info, raw):
         raise DataError(f"raw {name} files not found at {_raw_path(info, raw)}: need {info.raw_hint}.")
+    # Read and check every split first: bad files then leave nothing behind in data_dir.
+    splits = {split: read_raw(name, raw, split) for split in ("train", "test")}
     tfds.disable_progress_bar()
-    builder = _local_builder_cls(info, raw)(data_dir=data_dir, file_format="array_record")
+    builder = _local_builder_cls(info, raw, splits)(data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return _local_dir(info, data_dir)
 

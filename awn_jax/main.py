@@ -33,6 +33,19 @@ USER_ERRORS = (
 )
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with bad flags and unknown config fields reported in one line (exit 2)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        problem = str(e)
+    except AttributeError as e:  # config_flags: an override names no config field
+        text = str(e.args[0] if e.args else e).strip("'").replace("\\'", "'").replace("\\n", " ")
+        problem = f"unknown config field {' '.join(text.split())}"
+    print(f"error: {problem} (python -m awn_jax.main --helpfull lists the flags)", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -54,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -266,25 +266,32 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[data.Split, data.Split
 
 
 class _StopRequest:
-    """Turns SIGTERM into a flag the loop checks, so the run can save and exit."""
+    """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop checks, so the run saves and exits.
+
+    A second Ctrl-C interrupts at once (the checkpoints already on disk stay intact).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _format_eta(seconds: float) -> str:
@@ -328,7 +335,11 @@ def train_and_evaluate(
     trainer = Trainer(config, info, steps_per_epoch, devices)
     primary = jax.process_index() == 0
 
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise checkpoints.CheckpointError(f"cannot create the workdir {workdir} ({e.strerror or e}); choose a"
+                                          " writable --workdir.") from None
     ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints)
     start = ckpt.latest_step()
     if start is None:

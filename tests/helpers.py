@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import io
 import os
+import pickle
+import struct
+import tarfile
 
 import numpy as np
 
@@ -45,3 +50,46 @@ def tiny_config(name: str = "lenet_fmnist", **overrides):
             target = target[p]
         target[leaf] = value
     return config
+
+
+def write_idx(path, array, magic):
+    """A gzipped IDX file (the MNIST format) holding ``array``."""
+    header = struct.pack(">I", magic) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fake_fmnist(directory, n_train=40, n_test=12, seed=0):
+    """Learnable Fashion-MNIST-format IDX files (:func:`fake_split`) in ``directory``.
+
+    Returns ``{split: (images (n, 28, 28), labels)}`` as written.
+    """
+    out = {}
+    for i, (split, n) in enumerate((("train", n_train), ("test", n_test))):
+        fake = fake_split("fashion_mnist", n, seed=seed + i)
+        images, labels = fake.images[..., 0], fake.labels.astype(np.uint8)
+        image_file, label_file = data._IDX_FILES[split]
+        write_idx(os.path.join(directory, image_file), images, 2051)
+        write_idx(os.path.join(directory, label_file), labels, 2049)
+        out[split] = (images, labels)
+    return out
+
+
+def write_fake_cifar(path, name, n_per_batch=6, seed=0):
+    """A random CIFAR python archive (``name``: cifar10/cifar100) at ``path``; returns its members."""
+    rng = np.random.default_rng(seed)
+    root = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    members = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
+    key = b"labels" if name == "cifar10" else b"fine_labels"
+    classes = 10 if name == "cifar10" else 100
+    contents = {}
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            images = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+            labels = rng.integers(0, classes, n_per_batch).tolist()
+            payload = pickle.dumps({b"data": images, key: labels})
+            info = tarfile.TarInfo(f"{root}/{member}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+            contents[member] = (images, labels)
+    return contents

@@ -1,11 +1,7 @@
 """Data: raw-file parsing, offline TFDS preparation, batching, augmentation, errors."""
 
 import gzip
-import io
 import os
-import pickle
-import struct
-import tarfile
 
 import jax
 import jax.numpy as jnp
@@ -13,50 +9,13 @@ import numpy as np
 import pytest
 
 from awn_jax import data
-
-
-def _write_idx(path, array, magic):
-    header = struct.pack(">I", magic) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def _fake_fmnist(directory, n_train=40, n_test=12, seed=0):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        image_file, label_file = data._IDX_FILES[split]
-        _write_idx(os.path.join(directory, image_file), images, 2051)
-        _write_idx(os.path.join(directory, label_file), labels, 2049)
-        out[split] = (images, labels)
-    return out
-
-
-def _fake_cifar(path, name, n_per_batch=6, seed=0):
-    rng = np.random.default_rng(seed)
-    root = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-    members = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
-    key = b"labels" if name == "cifar10" else b"fine_labels"
-    classes = 10 if name == "cifar10" else 100
-    contents = {}
-    with tarfile.open(path, "w:gz") as tar:
-        for member in members:
-            images = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-            labels = rng.integers(0, classes, n_per_batch).tolist()
-            payload = pickle.dumps({b"data": images, key: labels})
-            info = tarfile.TarInfo(f"{root}/{member}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-            contents[member] = (images, labels)
-    return contents
+from helpers import write_fake_cifar, write_fake_fmnist, write_idx
 
 
 def test_fashion_mnist_idx_files_prepare_offline_and_load_through_tfds(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    written = _fake_fmnist(raw)
+    written = write_fake_fmnist(raw)
     tfds_dir = str(tmp_path / "tfds")
     train = data.load_split("fashion_mnist", "train", tfds_dir, str(raw))
     assert os.path.exists(os.path.join(tfds_dir, "fashion_mnist_local", "1.0.0", "dataset_info.json"))
@@ -73,7 +32,7 @@ def test_fashion_mnist_idx_files_prepare_offline_and_load_through_tfds(tmp_path)
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_archives_are_read_in_nhwc(tmp_path, name):
     archive = tmp_path / f"{name}.tar.gz"
-    contents = _fake_cifar(archive, name)
+    contents = write_fake_cifar(archive, name)
     train = data.read_raw(name, str(archive), "train")
     first = "data_batch_1" if name == "cifar10" else "train"
     images, labels = contents[first]
@@ -96,7 +55,7 @@ def test_missing_data_names_what_was_looked_for_and_the_fix(tmp_path):
 
 
 def test_corrupt_idx_files_are_rejected(tmp_path):
-    _fake_fmnist(tmp_path)
+    write_fake_fmnist(tmp_path)
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     with gzip.open(path, "rb") as f:
         payload = f.read()
@@ -104,10 +63,10 @@ def test_corrupt_idx_files_are_rejected(tmp_path):
         f.write(payload[:-5])
     with pytest.raises(data.DataError, match="truncated"):
         data.read_raw("fashion_mnist", str(tmp_path), "train")
-    _write_idx(path, np.zeros(40, np.uint8), 1234)
+    write_idx(path, np.zeros(40, np.uint8), 1234)
     with pytest.raises(data.DataError, match="magic 1234"):
         data.read_raw("fashion_mnist", str(tmp_path), "train")
-    _write_idx(path, np.full(40, 10, np.uint8), 2049)
+    write_idx(path, np.full(40, 10, np.uint8), 2049)
     with pytest.raises(data.DataError, match=r"labels span \[10, 10\]"):
         data.read_raw("fashion_mnist", str(tmp_path), "train")
     path.write_bytes(b"not gzip")

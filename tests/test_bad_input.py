@@ -1,0 +1,225 @@
+"""Bad input through the command lines: one clear line, exit status 2, nothing written.
+
+The training CLI runs in-process here (absl flags parsed afresh per case) so that
+two dozen cases cost seconds; ``tests/test_train.py`` and ``tests/test_evaluate.py``
+check the same contract on real subprocesses (no traceback on stderr).
+"""
+
+import gzip
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+from awn_jax import evaluate, export, train
+from awn_jax import main as main_lib
+from helpers import fake_split, tiny_config, write_fake_cifar, write_fake_fmnist, write_idx
+
+FLAGS = flags.FLAGS
+CONFIG = "configs/lenet_fmnist.py:smoke"
+
+
+@pytest.fixture(autouse=True)
+def _no_global_side_effects(monkeypatch):
+    monkeypatch.setattr(main_lib.runtime, "tune_host_allocator", lambda: False)
+    monkeypatch.setattr(main_lib.evaluate, "enable_compilation_cache", lambda *a: "")
+    monkeypatch.chdir(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _snapshot(path):
+    if not os.path.exists(path):
+        return None
+    return sorted((os.path.relpath(os.path.join(r, f), path), os.path.getsize(os.path.join(r, f)),
+                   os.path.getmtime(os.path.join(r, f))) for r, _, fs in os.walk(path) for f in fs)
+
+
+def _parse(argv):
+    """Parses flags as the CLI does (config_flags reads its overrides from sys.argv)."""
+    FLAGS.unparse_flags()
+    for name in [n for n in FLAGS if n.startswith("config.")]:
+        delattr(FLAGS, name)  # override flags are defined anew by each parse
+    saved, sys.argv = sys.argv, argv
+    try:
+        main_lib.parse_flags(argv)
+    finally:
+        sys.argv = saved
+
+
+def _train_cli(capsys, workdir, *args, config=CONFIG):
+    """Runs ``awn_jax.main`` in-process; returns (exit status, stderr)."""
+    _parse(["awn_jax.main", f"--config={config}", f"--workdir={workdir}", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main_lib.main(["awn_jax.main"])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _assert_one_line_error(code, err, *needles):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--config.widths.w_min=0"], ["config.widths.w_min", "(0, 1]"]),
+    (["--config.widths.w_max=-0.5"], ["config.widths.w_max", "-0.5"]),
+    (["--config.widths.w_max=1.5"], ["config.widths.w_max", "1.5"]),
+    (["--config.widths.w_min=nan"], ["config.widths.w_min", "nan"]),
+    (["--config.widths.fixed=(1.0,'half')"], ["widths.fixed[1]"]),
+    (["--config.widths.fixed=(1.0,2.0)"], ["widths.fixed[1]"]),
+    (["--config.widths.mode=sandwich", "--config.widths.w_min=0.8", "--config.widths.w_max=0.5"],
+     ["exceeds widths.w_max"]),
+    (["--config.widths.mode=sandwich", "--config.widths.num=1"], ["sandwich rule needs an integer >= 2"]),
+    (["--config.variant=slimable"], ["unknown variant 'slimable'", "awn, standard, snet, usnet"]),
+    (["--config.dataset=cifar"], ["unknown dataset 'cifar'", "choose one of"]),
+    (["--config.model=lenet"], ["unknown model 'lenet'"]),
+    (["--config.optim.schedule=cosin"], ["unknown schedule 'cosin'"]),
+    (["--config.batch_size=0"], ["config.batch_size"]),
+    (["--config.learning_rate=-1"], ["config.learning_rate"]),
+], ids=lambda v: v[0] if isinstance(v, list) and isinstance(v[0], str) and v[0].startswith("--") else "")
+def test_bad_config_values(capsys, tmp_path, args, needles):
+    code, err = _train_cli(capsys, tmp_path / "wd", *args)
+    _assert_one_line_error(code, err, *needles)
+    assert not os.path.exists(tmp_path / "wd")
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ("--config.lerning_rate=0.1", 'Did you mean "learning_rate"'),
+    ("--config.widths.w_min='half'", "could not convert string to float"),
+    ("--config.num_epochs=[1]", "invalid literal for int()"),
+    ("--workdirr=/tmp/x", "Unknown command line flag 'workdirr'"),
+])
+def test_unknown_config_fields_and_malformed_values(capsys, bad, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(["awn_jax.main", f"--config={CONFIG}", "--workdir=/tmp/unused", bad])
+    _assert_one_line_error(exit_info.value.code, capsys.readouterr().err, needle)
+
+
+def _fmnist(tmp_path, damage=None):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_fake_fmnist(raw, n_train=64, n_test=16)
+    if damage:
+        damage(raw)
+    return raw
+
+
+def _truncate(raw):
+    path = raw / "train-images-idx3-ubyte.gz"
+    payload = gzip.open(path).read()
+    with gzip.open(path, "wb") as f:
+        f.write(payload[: len(payload) // 2])
+
+
+def _bad_magic(raw):
+    write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(64, np.uint8), 2051)
+
+
+def _labels_out_of_range(raw):
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.full(16, 12, np.uint8), 2049)
+
+
+def _missing_file(raw):
+    os.remove(raw / "t10k-images-idx3-ubyte.gz")
+
+
+@pytest.mark.parametrize("damage,needles", [
+    (_truncate, ["truncated"]),
+    (_bad_magic, ["magic 2051, expected 2049"]),
+    (_labels_out_of_range, ["labels span [12, 12]"]),
+    (_missing_file, ["t10k-images-idx3-ubyte.gz"]),
+], ids=["truncated", "wrong-magic", "labels-out-of-range", "missing-file"])
+def test_bad_data_files(capsys, tmp_path, damage, needles):
+    raw = _fmnist(tmp_path, damage)
+    code, err = _train_cli(capsys, tmp_path / "wd", f"--config.data.raw={raw}", f"--config.data_dir={tmp_path / 'tfds'}")
+    _assert_one_line_error(code, err, *needles)
+    assert not os.path.exists(tmp_path / "wd")
+    assert not os.path.exists(tmp_path / "tfds" / "fashion_mnist_local")  # no half-prepared dataset left
+
+
+def test_missing_data_directory_names_the_files_and_the_fix(capsys, tmp_path):
+    code, err = _train_cli(capsys, tmp_path / "wd", f"--config.data.raw={tmp_path / 'nowhere'}",
+                           f"--config.data_dir={tmp_path / 'tfds'}")
+    _assert_one_line_error(code, err, "nowhere")
+    assert not os.path.exists(tmp_path / "wd")
+
+
+def test_a_truncated_cifar_archive(capsys, tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_fake_cifar(str(archive), "cifar10")
+    archive.write_bytes(archive.read_bytes()[:200])
+    code, err = _train_cli(capsys, tmp_path / "wd", f"--config.data.raw={archive}",
+                           f"--config.data_dir={tmp_path / 'tfds'}", config="configs/lenet_cifar10.py:smoke")
+    _assert_one_line_error(code, err, "truncated")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir with checkpoints and a sweep, trained through the library on generated data."""
+    workdir = tmp_path_factory.mktemp("trained") / "wd"
+    config = tiny_config(num_epochs=1, **{"sweep.throughput_repeats": 0})
+    splits = (fake_split(config.dataset, 48, 0), fake_split(config.dataset, 16, 1))
+    train.train_and_evaluate(config, str(workdir), splits=splits)
+    evaluate.sweep(str(workdir), splits=splits)
+    return workdir
+
+
+def _copy(trained, tmp_path, name="wd"):
+    target = tmp_path / name
+    shutil.copytree(trained, target)
+    return target
+
+
+def _resume_args(raw, tmp_path):
+    return [f"--config.data.raw={raw}", f"--config.data_dir={tmp_path / 'tfds'}", "--config.batch_size=16",
+            "--config.num_epochs=1",
+            "--config.eval_batch_size=32", "--config.log_every_steps=2", "--config.checkpoint_every_steps=3",
+            "--config.sweep.throughput_repeats=0"]
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("other-config", ["holds a run with another config", "variant: saved 'awn', now 'standard'"]),
+    ("edited-config", ["is not valid JSON"]),
+    ("truncated-checkpoint", ["cannot be restored"]),
+])
+def test_bad_workdirs_when_resuming(capsys, tmp_path, trained, case, needles):
+    workdir = _copy(trained, tmp_path)
+    raw = _fmnist(tmp_path)
+    args = _resume_args(raw, tmp_path)
+    if case == "other-config":
+        args.append("--config.variant=standard")
+    elif case == "edited-config":
+        (workdir / "config.json").write_text('{"model": "lenet3c1l", ')
+    else:
+        for root, _, files in os.walk(workdir / "checkpoints"):
+            for f in files:
+                path = os.path.join(root, f)
+                if os.path.getsize(path) > 64 and not f.endswith(".json") and "METADATA" not in f.upper():
+                    with open(path, "r+b") as handle:
+                        handle.truncate(os.path.getsize(path) // 2)
+    before = _snapshot(workdir)
+    code, err = _train_cli(capsys, workdir, *args)
+    _assert_one_line_error(code, err, *needles)
+    assert _snapshot(workdir) == before  # nothing written or overwritten
+
+
+def test_evaluate_and_export_command_lines(capsys, tmp_path, trained):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert evaluate.main([f"--workdir={empty}"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "holds no config.json")
+    assert os.listdir(empty) == []
+    workdir = _copy(trained, tmp_path)
+    with open(workdir / "eval" / "sweep.json") as f:
+        cheapest = min(r["macs"] for r in json.load(f)["rows"])
+    before = _snapshot(workdir)
+    assert evaluate.main([f"--workdir={workdir}", "--budget_macs=1000"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, f"costs {cheapest:g} MACs")
+    assert export.main([f"--workdir={workdir}", "--width=1.5", f"--out={tmp_path / 'out'}"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "1.5")
+    assert not os.path.exists(tmp_path / "out")
+    assert _snapshot(workdir) == before

@@ -1,0 +1,104 @@
+"""Property-based tests (hypothesis): the channel rule, the mask rule, prefix invariance, AUC."""
+
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from awn_jax import evaluate, layers, masks
+from awn_jax.widths import num_channels
+
+sizes = st.integers(min_value=1, max_value=300)
+widths = st.floats(min_value=1e-3, max_value=1.0, allow_nan=False)
+
+
+@given(sizes, widths)
+def test_channel_rule_is_exact_round_half_to_even_and_in_range(c, w):
+    n = num_channels(w, c)
+    exact = Fraction(w) * c
+    floor = exact.numerator // exact.denominator
+    if exact - floor == Fraction(1, 2):
+        expected = floor + (floor % 2)  # half to even
+    else:
+        expected = round(exact)
+    assert n == max(1, expected)
+    assert 1 <= n <= c and num_channels(1.0, c) == c
+
+
+@given(sizes, widths, widths)
+def test_channel_rule_is_monotonic_in_width(c, w1, w2):
+    lo, hi = sorted((w1, w2))
+    assert num_channels(lo, c) <= num_channels(hi, c)
+
+
+@given(sizes, sizes, widths)
+def test_active_outputs_read_only_active_inputs(c_in, c_out, w):
+    mask = masks.triangular_mask(c_in, c_out)
+    active_in, active_out = num_channels(w, c_in), num_channels(w, c_out)
+    assert not mask[active_in:, :active_out].any()
+    # and each active output reads every input that is active whenever it is: no weight is wasted
+    allowed = masks.allowed_inputs(c_in, c_out)
+    assert all(mask[:allowed[o], o].all() for o in range(c_out))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), widths, widths, st.integers(0, 2**31 - 1))
+def test_triangular_dense_output_at_a_narrow_width_is_a_prefix_of_a_wide_one(c_in, c_out, w1, w2, seed):
+    lo, hi = sorted((w1, w2))
+    layer = layers.TriangularDense(c_out, in_features=c_in)
+    x = jax.random.normal(jax.random.key(seed), (3, c_in))
+    params = layer.init(jax.random.key(seed + 1), x, 1.0)
+    params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(seed + 2), p.shape), params)
+    narrow = layer.apply(params, x[:, : num_channels(lo, c_in)], lo)
+    wide = layer.apply(params, x[:, : num_channels(hi, c_in)], hi)
+    np.testing.assert_allclose(narrow, wide[:, : narrow.shape[-1]], rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 8), widths, widths, st.integers(0, 2**31 - 1))
+def test_triangular_conv_with_batchnorm_is_prefix_invariant(c_in, c_out, w1, w2, seed):
+    lo, hi = sorted((w1, w2))
+    conv = layers.TriangularConv(c_out, in_features=c_in, kernel_size=(3, 3))
+    norm = layers.PrefixBatchNorm(c_out)
+    x = jax.random.normal(jax.random.key(seed), (2, 6, 6, c_in))
+    p_conv = conv.init(jax.random.key(seed + 1), x, 1.0)
+    y = conv.apply(p_conv, x, 1.0)
+    p_norm = norm.init(jax.random.key(seed + 2), y)
+    out = {}
+    for w in (lo, hi):
+        h = conv.apply(p_conv, x[..., : num_channels(w, c_in)], w)
+        out[w], _ = norm.apply(p_norm, h, w, True, mutable=["batch_stats"])  # batch statistics per channel
+    np.testing.assert_allclose(out[lo], out[hi][..., : out[lo].shape[-1]], rtol=1e-4, atol=1e-4)
+
+
+finite = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+
+@given(st.lists(st.tuples(st.floats(0.01, 1.0), finite), min_size=2, max_size=30,
+                unique_by=lambda t: round(t[0], 6)))
+def test_auc_trapezoid_lies_between_the_extremes_and_ignores_order(points):
+    ws, accs = zip(*points)
+    if max(ws) - min(ws) < 1e-6:
+        return
+    auc = evaluate.auc_trapezoid(ws, accs)
+    assert min(accs) - 1e-9 <= auc <= max(accs) + 1e-9
+    order = np.random.default_rng(0).permutation(len(ws))
+    assert np.isclose(evaluate.auc_trapezoid(np.array(ws)[order], np.array(accs)[order]), auc)
+
+
+@given(finite, finite, st.lists(st.floats(0.01, 1.0), min_size=0, max_size=20))
+def test_auc_trapezoid_of_a_line_is_the_mean_of_its_ends(a, b, inner):
+    ws = sorted({0.25, 1.0, *(w for w in inner if 0.25 < w < 1.0)})
+    line = [a + (b - a) * (w - 0.25) / 0.75 for w in ws]
+    assert np.isclose(evaluate.auc_trapezoid(ws, line), (a + b) / 2)
+
+
+@given(st.lists(finite, min_size=10, max_size=10), st.lists(st.tuples(st.floats(0.26, 0.99), finite), max_size=10))
+def test_auc_reference_mean_is_the_mean_at_the_ten_reference_widths_only(ref_accs, extra):
+    ws = list(evaluate.REFERENCE_WIDTHS) + [w for w, _ in extra if round(w, 6) not in evaluate.REFERENCE_WIDTHS]
+    accs = list(ref_accs) + [a for w, a in extra if round(w, 6) not in evaluate.REFERENCE_WIDTHS]
+    assert np.isclose(evaluate.auc_reference_mean(ws, accs), np.mean(ref_accs))
+    assert jnp.isfinite(jnp.asarray(evaluate.auc_reference_mean(ws, accs)))
