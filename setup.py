@@ -26,5 +26,8 @@ setup(
         "absl-py>=2.1",
         "tensorboardX>=2.6",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    # The notebooks run in the tests (nbclient on an ipykernel), so they cannot rot.
+    # pytest-xdist: the suite runs on 2 processes (compilation is single-threaded).
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "nbclient>=0.10",
+                             "nbformat>=5.10", "ipykernel>=6.29"]},
 )

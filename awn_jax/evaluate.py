@@ -3,6 +3,7 @@
     python -m awn_jax.evaluate --workdir=workdirs/awn
     python -m awn_jax.evaluate --workdir=workdirs/usnet --calibration=10
     python -m awn_jax.evaluate --compare=workdirs/awn,workdirs/snet --out=fig5.png
+    python -m awn_jax.evaluate --workdir=workdirs/awn --budget_macs=3e6   # widest width that fits
 
 For AWN the whole width-accuracy curve comes from one full-width trunk pass per
 batch plus one classifier head per width (hidden features at a narrower width are

@@ -5,7 +5,22 @@
     python -m awn_jax.main --config=configs/mbv2_cifar10.py --config.variant=usnet \\
         --config.data.raw=/data/cifar-10-python.tar.gz --workdir=/tmp/mbv2
 
-Any config field can be overridden with --config.FIELD=VALUE.
+Any config field can be overridden with --config.FIELD=VALUE; the common ones:
+
+    variant              awn | standard | snet | usnet
+    widths.mode          fixed (widths.fixed every step) | sandwich (widths.num widths in
+                         [widths.w_min, widths.w_max]: max, min and random ones)
+    num_epochs, batch_size, learning_rate, weight_decay, seed
+    data.raw             raw files (IDX directory, *-python.tar.gz); data_dir: TFDS directory
+    data.train_examples  train on the first N images (0: all); data.test_examples likewise
+    checkpoint_every_steps, keep_checkpoints, log_every_steps, eval_widths
+    sweep.after_training sweep every width when training ends (sweep.calibrations for US-Net)
+    distributed          multi-host: call jax.distributed.initialize()
+
+Every field, its default and its meaning: awn_jax/config.py (base_config). With a
+--config given, --helpfull lists every --config.FIELD flag. Re-running with the same
+--workdir resumes; SIGTERM or Ctrl-C saves a checkpoint and exits. Errors are reported
+in one line with exit status 2 (--debug: with the traceback).
 """
 
 from __future__ import annotations
