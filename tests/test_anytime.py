@@ -195,8 +195,10 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
         export.save(plain, plain_vars, str(directory))
         loaded, loaded_vars = export.load(str(directory))
         _close(loaded.apply(loaded_vars, x), expected)
-        sizes[width] = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
-    assert sizes[0.35] < 0.5 * sizes[1.0]
+        sizes[width] = (costs.model_size_bytes(plain_vars),
+                        sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()))
+    assert sizes[0.35][0] < 0.3 * sizes[1.0][0]  # variables; on disk, orbax's fixed overhead remains
+    assert sizes[0.35][1] < sizes[1.0][1]
     with pytest.raises(ValueError, match="not empty"):
         export.save(plain, plain_vars, str(tmp_path / "w1.0"))
     with pytest.raises(checkpoints.CheckpointError, match="no exported model"):

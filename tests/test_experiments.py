@@ -1,0 +1,49 @@
+"""The experiment scripts: the commands they run and the tables they write (no training)."""
+
+import json
+
+import pytest
+
+from experiments import figure6_full_width, runner, table2_fmnist, train_all
+
+
+def test_runs_are_cli_commands_with_the_stated_protocol():
+    cmd = runner.command(runner.spec("awn_rs", 2020), "/w", epochs=5, checkpoints=20)
+    assert cmd[1:4] == ["-m", "awn_jax.main", "--config=configs/lenet_fmnist.py"]
+    assert {"--config.num_epochs=5", "--config.seed=2020", "--config.variant=awn",
+            "--config.widths.mode=sandwich", "--config.checkpoint_every_steps=117"} <= set(cmd)
+    runs = train_all.all_runs([1, 2, 3])
+    assert len(runs) == 15 and len({r.name for r in runs}) == 15
+    assert [r.key for r in runs[:4]] == ["awn", "snet", "awn_rs", "usnet"]  # first seed's Table 2 first
+    assert runner.spec("usnet", 1).calibrations() == (4, 10, 20) and runner.spec("awn", 1).calibrations() == (0,)
+
+
+def _sweep(path, auc, top1, widths=(0.25, 0.5, 0.75, 1.0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"width": w, "top1": top1(w), "reference_width": True} for w in widths]
+    path.write_text(json.dumps({"summary": {"step": 10, "auc_reference_mean": auc, "auc_trapezoid": auc,
+                                            "model_bytes": 2048}, "rows": rows}))
+
+
+def test_table2_reports_mean_and_std_over_seeds_beside_the_paper(tmp_path):
+    for seed, auc in ((1, 0.90), (2, 0.92)):
+        run_dir = runner.workdir(runner.spec("awn", seed), str(tmp_path), 5)
+        _sweep(tmp_path / run_dir / "eval" / "sweep.json", auc, lambda w: 0.9)
+        (tmp_path / run_dir / "wall_seconds.json").write_text('{"seconds": 60}')
+    records = table2_fmnist.collect([1, 2], str(tmp_path), 5)
+    line = next(line for line in table2_fmnist.table(records).splitlines() if line.startswith("| AWN |"))
+    assert "| 2 | 91.00 ± 1.41 | 90.67 | +0.33 |" in line and "| 1.0 |" in line  # wall minutes
+
+
+def test_figure6_quantifies_the_gap_below_full_width(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(figure6_full_width.evaluate, "compare", lambda *a, **k: "")
+    widths = (0.25, 0.5, 0.75, 1.0)
+    for key, slope in (("awn_full", 0.1), ("standard_full", 0.8)):
+        run_dir = runner.workdir(runner.spec(key, 7), str(tmp_path), 5)
+        _sweep(tmp_path / run_dir / "eval" / "sweep.json", 0.5, lambda w, s=slope: 0.9 - s * (1 - w), widths)
+    md = figure6_full_width.report([7], str(tmp_path), 5)
+    # mean below 1: awn 0.9 - 0.1 * 0.5 = 85%, standard 0.9 - 0.8 * 0.5 = 50%
+    assert "+35.00 points" in md
+    with pytest.raises(SystemExit, match="no finished runs"):
+        figure6_full_width.report([8], str(tmp_path), 5)
