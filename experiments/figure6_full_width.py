@@ -11,7 +11,6 @@ AUC, and the narrowest width that keeps 95% of the full-width accuracy).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -68,16 +67,7 @@ def report(seeds, workroot: str, epochs: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=100, help="epochs per run (the paper: 100)")
-    parser.add_argument("--seeds", default=str(runner.SEEDS[0]), help="comma-separated seeds")
-    parser.add_argument("--workroot", default=runner.DEFAULT_WORKROOT, help="where the run workdirs are")
-    parser.add_argument("--report_only", action="store_true", help="train nothing; report the finished runs")
-    args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if not args.report_only:
-        runner.train([runner.spec(k, s) for s in seeds for k in METHODS], args.workroot, args.epochs)
-    print(report(seeds, args.workroot, args.epochs))
+    runner.main(__doc__, METHODS, report, runner.SEEDS[:1])
 
 
 if __name__ == "__main__":

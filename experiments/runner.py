@@ -8,13 +8,14 @@ from its last checkpoint, so a script can be stopped and started again at will.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
@@ -150,3 +151,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
     a = np.asarray(values, np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def main(description: str, methods: Sequence[str], report: Callable[[list[int], str, int], str],
+         default_seeds: Sequence[int] = SEEDS) -> None:
+    """The command line every report script shares: train what is missing, then report."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=100, help="epochs per run (the paper: 100)")
+    parser.add_argument("--seeds", default=",".join(map(str, default_seeds)), help="comma-separated seeds")
+    parser.add_argument("--workroot", default=DEFAULT_WORKROOT, help="where the run workdirs are")
+    parser.add_argument("--report_only", action="store_true", help="train nothing; report the finished runs")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not args.report_only:
+        train([spec(k, s) for s in seeds for k in methods], args.workroot, args.epochs)
+    print(report(seeds, args.workroot, args.epochs))

@@ -20,7 +20,6 @@ images, in train mode (the statistics BatchNorm normalises with).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -142,7 +141,9 @@ def _plot(tracked: dict, path: str, layer: int = 2, channel: int = 0) -> None:
     checkpoints.atomic_write(path, buffer.getvalue())
 
 
-def report(seed: int, workroot: str, epochs: int) -> str:
+def report(seeds, workroot: str, epochs: int) -> str:
+    """Reports the first seed's runs (statistics tracking needs one run per variant)."""
+    seed = seeds[0]
     out = runner.results_dir("table1_bn_stats")
     tracked, summary, acc = {}, {}, {}
     for key in METHODS:
@@ -176,15 +177,7 @@ def report(seed: int, workroot: str, epochs: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=100, help="epochs per run (the paper: 100)")
-    parser.add_argument("--seed", type=int, default=runner.SEEDS[0])
-    parser.add_argument("--workroot", default=runner.DEFAULT_WORKROOT, help="where the run workdirs are")
-    parser.add_argument("--report_only", action="store_true", help="train nothing; report the finished runs")
-    args = parser.parse_args()
-    if not args.report_only:
-        runner.train([runner.spec(k, args.seed) for k in METHODS], args.workroot, args.epochs)
-    print(report(args.seed, args.workroot, args.epochs))
+    runner.main(__doc__, METHODS, report, runner.SEEDS[:1])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from absl import flags
 
 from awn_jax import evaluate, export, train
 from awn_jax import main as main_lib
-from helpers import fake_split, tiny_config, write_fake_cifar, write_fake_fmnist, write_idx
+from helpers import fake_split, tiny_config, truncate_checkpoints, write_fake_cifar, write_fake_fmnist, write_idx
 
 FLAGS = flags.FLAGS
 CONFIG = "configs/lenet_fmnist.py:smoke"
@@ -195,12 +195,7 @@ def test_bad_workdirs_when_resuming(capsys, tmp_path, trained, case, needles):
     elif case == "edited-config":
         (workdir / "config.json").write_text('{"model": "lenet3c1l", ')
     else:
-        for root, _, files in os.walk(workdir / "checkpoints"):
-            for f in files:
-                path = os.path.join(root, f)
-                if os.path.getsize(path) > 64 and not f.endswith(".json") and "METADATA" not in f.upper():
-                    with open(path, "r+b") as handle:
-                        handle.truncate(os.path.getsize(path) // 2)
+        truncate_checkpoints(workdir)
     before = _snapshot(workdir)
     code, err = _train_cli(capsys, workdir, *args)
     _assert_one_line_error(code, err, *needles)

@@ -16,7 +16,7 @@ import pytest
 from awn_jax import calibration, checkpoints, costs, evaluate, train
 from awn_jax.models import LeNet3C1L
 from awn_jax.widths import num_channels
-from helpers import fake_split, tiny_config
+from helpers import fake_split, tiny_config, truncate_checkpoints
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
@@ -187,12 +187,7 @@ def test_bad_workdirs_give_one_clear_error_and_write_nothing(trained_runs, tmp_p
     broken = tmp_path / "broken"
     shutil.copytree(runs["awn"], broken)
     shutil.rmtree(broken / "eval", ignore_errors=True)
-    for root, _, files in os.walk(broken / "checkpoints"):
-        for f in files:
-            path = os.path.join(root, f)
-            if os.path.getsize(path) > 64 and not f.endswith(".json") and "METADATA" not in f.upper():
-                with open(path, "r+b") as handle:
-                    handle.truncate(os.path.getsize(path) // 2)
+    truncate_checkpoints(broken)
     with pytest.raises(checkpoints.CheckpointError):
         evaluate.sweep(str(broken), splits=splits)
     assert _no_eval_written(broken)
@@ -208,7 +203,7 @@ SECOND_SWEEP = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
     from awn_jax import evaluate, train
-    from helpers import fake_split, tiny_config
+    from helpers import fake_split, tiny_config, truncate_checkpoints
     evaluate.enable_compilation_cache({cache!r})
     splits = (fake_split("fashion_mnist", 32, 0), fake_split("fashion_mnist", 20, 1))
     config = tiny_config(variant="standard", num_epochs=1, **{{"sweep.throughput_repeats": 1}})
