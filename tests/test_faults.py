@@ -167,3 +167,14 @@ def test_nan_stops_training_naming_step_and_width_and_keeps_the_last_checkpoint(
     step, state = _final_state(tmp_path)
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
     assert int(state.step) == step
+
+
+def test_atomic_write_replaces_whole_files_with_ordinary_permissions(tmp_path):
+    path = tmp_path / "result.json"
+    checkpoints.atomic_write(str(path), "old")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    with pytest.raises(TypeError):  # the write fails after the temporary file exists
+        checkpoints.atomic_write(str(path), object())
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["result.json"]  # no temporary left
