@@ -40,7 +40,7 @@ PAPER_VALIDATION = {"standard": (98.49, 98.78, 96.59, 98.49), "snet": (99.05, 98
 NAMES = {"standard": "standard BN", "snet": "switchable BN (S-Net)", "awn": "AWN"}
 
 
-def _fixed_batch(config, train_split, info, n=512):
+def _fixed_batch(train_split, info, n=512):
     images = jnp.asarray(train_split.images[:n])
     return data.preprocess(images, info)  # no augmentation: the same batch at every checkpoint
 
@@ -52,16 +52,15 @@ def _running(stats, layer, width, variant, bn_widths):
     return stats[layer][f"mean_{i}"], stats[layer][f"var_{i}"]
 
 
-def track(run_dir: str, variant: str) -> dict:
+def track(run_dir: str, train_split: data.Split) -> dict:
     """Batch and running mean/variance per checkpoint, width, layer and channel."""
     ckpt = checkpoints.Checkpointer(run_dir)
     steps = sorted(ckpt.manager.all_steps())
     ckpt.close()
     first = evaluate.restore_run(run_dir, steps[0])
-    train_split = train.load_data(first.config)[0]
-    x = _fixed_batch(first.config, train_split, first.info)
+    x = _fixed_batch(train_split, first.info)
     model = first.model
-    bn_widths = tuple(first.config.widths.fixed)
+    variant, bn_widths = first.config.variant, tuple(first.config.widths.fixed)
     moments = {w: jax.jit(lambda v, x, w=w: model.apply(v, x, width=w, train=True, mutable=["batch_moments"])[1])
                for w in WIDTHS}
     out = {"steps": steps, "batch_mean": [], "batch_var": [], "running_mean": [], "running_var": []}
@@ -89,22 +88,22 @@ def summarise(tracked: dict) -> dict:
     half = len(tracked["steps"]) // 2
     bm = np.asarray(tracked["batch_mean"])[half:]
     rm = np.asarray(tracked["running_mean"])[half:]
-    rs = np.sqrt(np.asarray(tracked["running_var"])[half:])
+    rv = np.asarray(tracked["running_var"])[half:]
+    rs = np.sqrt(rv)
     bv = np.asarray(tracked["batch_var"])[half:]
     spread = (bm.max(axis=1) - bm.min(axis=1)) / rs[:, 0]
-    var_spread = (bv.max(axis=1) - bv.min(axis=1)) / np.asarray(tracked["running_var"])[half:, 0]
+    var_spread = (bv.max(axis=1) - bv.min(axis=1)) / rv[:, 0]
     gap = np.abs(bm - rm) / rs
     return {"mean_spread_across_widths": float(spread.mean()), "var_spread_across_widths": float(var_spread.mean()),
             "batch_vs_running_gap": float(gap.mean()),
             "gap_per_width": {str(w): float(gap[:, i].mean()) for i, w in enumerate(WIDTHS)}}
 
 
-def accuracies(run_dir: str) -> dict:
+def accuracies(run_dir: str, train_split: data.Split) -> dict:
     """Training- and test-set top-1 at the four widths, final checkpoint, eval mode."""
     sweep = runner.load_json(runner.sweep_path(run_dir))
     test = {r["width"]: r["top1"] for r in sweep["rows"]}
     run = evaluate.restore_run(run_dir)
-    train_split = train.load_data(run.config)[0]
     acc = evaluate.accuracies_per_width(run.model, run.variables, train_split, run.info, WIDTHS,
                                         run.config.eval_batch_size)
     return {"train": [100 * acc[w][0] for w in WIDTHS], "validation": [100 * test[w] for w in WIDTHS]}
@@ -148,9 +147,10 @@ def report(seeds, workroot: str, epochs: int) -> str:
     tracked, summary, acc = {}, {}, {}
     for key in METHODS:
         run_dir = runner.workdir(runner.spec(key, seed), workroot, epochs)
-        tracked[key] = track(run_dir, runner.spec(key, seed).variant)
+        train_split = train.load_data(checkpoints.load_config(run_dir))[0]
+        tracked[key] = track(run_dir, train_split)
         summary[key] = summarise(tracked[key])
-        acc[key] = accuracies(run_dir)
+        acc[key] = accuracies(run_dir, train_split)
     lines = ["| BatchNorm | " + " | ".join(f"train @{w:g}" for w in WIDTHS) + " | "
              + " | ".join(f"val @{w:g} (paper, MNIST)" for w in WIDTHS) + " |",
              "|---|" + "---|" * (2 * len(WIDTHS))]
