@@ -16,7 +16,7 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["allowed_inputs", "triangular_mask", "mask_nonzeros"]
+__all__ = ["allowed_inputs", "triangular_mask"]
 
 
 def _check_sizes(in_features: int, out_features: int) -> None:
@@ -71,8 +71,3 @@ def triangular_mask(in_features: int, out_features: int) -> np.ndarray:
     _check_sizes(in_features, out_features)
     return _mask(int(in_features), int(out_features))
 
-
-def mask_nonzeros(in_features: int, out_features: int, active_in: int, active_out: int) -> int:
-    """Entries of the mask inside the active ``[:active_in, :active_out]`` block."""
-    allowed = np.asarray(allowed_inputs(in_features, out_features)[:active_out])
-    return int(np.minimum(allowed, active_in).sum())

@@ -76,11 +76,6 @@ def test_sampled_masks_of_the_reference_differ_for_large_non_square_layers():
     assert (sampled != masks.triangular_mask(c_in, c_out)).sum() > 0
 
 
-def test_nonzeros_inside_active_block():
-    m = masks.triangular_mask(45, 45)
-    assert masks.mask_nonzeros(45, 45, 20, 30) == m[:20, :30].sum()
-
-
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_bad_sizes_are_rejected(bad):
     with pytest.raises(ValueError, match="positive int"):
