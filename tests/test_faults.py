@@ -156,6 +156,11 @@ def test_an_unwritable_workdir_is_a_clear_error(tmp_path):
     config = tiny_config()
     with pytest.raises(checkpoints.CheckpointError, match="cannot create the workdir .* choose a writable"):
         train.train_and_evaluate(config, str(blocker / "run"), splits=(fake_split(config.dataset, 48),) * 2)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "checkpoints").write_text("a file where the checkpoints go")
+    with pytest.raises(checkpoints.CheckpointError, match="is a file, not a checkpoint directory"):
+        train.train_and_evaluate(config, str(taken), splits=(fake_split(config.dataset, 48),) * 2)
 
 
 def test_nan_stops_training_naming_step_and_width_and_keeps_the_last_checkpoint(tmp_path):

@@ -3,7 +3,6 @@
 import os
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from helpers import write_fake_cifar, write_fake_fmnist
@@ -11,14 +10,14 @@ from helpers import write_fake_cifar, write_fake_fmnist
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "experiments", "notebooks")
 
 
-def _execute(name: str, overrides: dict, cwd: str) -> nbformat.NotebookNode:
+def _execute(name: str, overrides: dict, cwd: str, monkeypatch) -> nbformat.NotebookNode:
     """Runs a notebook with ``overrides`` placed after its parameters cell (papermill's convention)."""
     nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     source = "\n".join(f"{k} = {v!r}" for k, v in overrides.items())
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
-    env_path = os.pathsep.join([os.path.abspath(os.path.join(NOTEBOOKS, "..", "..")), os.environ.get("PYTHONPATH", "")])
-    os.environ["PYTHONPATH"] = env_path  # the kernel imports this checkout's awn_jax
+    # The kernel imports this checkout's awn_jax.
+    monkeypatch.setenv("PYTHONPATH", os.path.abspath(os.path.join(NOTEBOOKS, "..", "..")), prepend=os.pathsep)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": cwd}}).execute()
     return nb
 
@@ -34,42 +33,32 @@ def test_notebooks_are_committed_without_outputs():
         assert not stale, f"{name}: cells {stale} keep outputs; clear them before committing"
 
 
-def test_quickstart_trains_sweeps_and_picks_a_width(tmp_path):
+def test_quickstart_trains_sweeps_and_picks_a_width(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     raw.mkdir()
     write_fake_fmnist(raw, n_train=256, n_test=64)
     nb = _execute("quickstart.ipynb", {
         "NUM_EPOCHS": 1, "RAW_DIR": str(raw), "DATA_DIR": str(tmp_path / "tfds"),
         "WORKDIR": str(tmp_path / "wd"), "THROUGHPUT_REPEATS": 0, "BUDGET_MACS": 3e6,
-    }, str(tmp_path))
+    }, str(tmp_path), monkeypatch)
     text = _output_text(nb)
     assert "AUC" in text and "MMACs per image, top-1" in text and "max |widened - direct|" in text
     assert os.path.exists(tmp_path / "wd" / "eval" / "sweep.json")
 
 
-def test_tpu_notebook_runs_the_data_parallel_mobilenet_on_cpu(tmp_path):
+def test_tpu_notebook_runs_the_data_parallel_mobilenet_on_cpu(tmp_path, monkeypatch):
     archive = tmp_path / "cifar-10-python.tar.gz"
     write_fake_cifar(str(archive), "cifar10", n_per_batch=8)
     nb = _execute("tpu_mobilenetv2.ipynb", {
         "NUM_EPOCHS": 1, "BATCH_SIZE": 8, "RAW": str(archive), "DATA_DIR": str(tmp_path / "tfds"),
         "WORKDIR": str(tmp_path / "wd"), "MOUNT_DRIVE": False, "SWEEP_GRID": 0.65, "THROUGHPUT_REPEATS": 0,
         "EVAL_WIDTHS": (1.0,),
-    }, str(tmp_path))
+    }, str(tmp_path), monkeypatch)
     assert "mobilenet_v2/AWN on cifar10" in _output_text(nb)
 
 
-def test_import_modules_notebook_trains_a_custom_model(tmp_path):
-    nb = _execute("import_modules.ipynb", {"TRAIN_STEPS": 30, "BATCH": 32}, str(tmp_path))
+def test_import_modules_notebook_trains_a_custom_model(tmp_path, monkeypatch):
+    nb = _execute("import_modules.ipynb", {"TRAIN_STEPS": 30, "BATCH": 32}, str(tmp_path), monkeypatch)
     text = _output_text(nb)
     assert "widened == direct: True" in text
     assert "prefix invariant: True" in text
-
-
-@pytest.fixture(autouse=True)
-def _restore_pythonpath():
-    saved = os.environ.get("PYTHONPATH")
-    yield
-    if saved is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = saved
