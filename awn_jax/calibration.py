@@ -18,15 +18,11 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from awn_jax.checkpoints import CheckpointError, atomic_write
-from awn_jax.widths import reference_widths, sorted_unique
+from awn_jax import io
+from awn_jax.checkpoints import CheckpointError
+from awn_jax.widths import sorted_unique
 
-__all__ = ["calibration_widths", "calibrate", "save_calibration", "load_calibration"]
-
-
-def calibration_widths(num: int, w_min: float, w_max: float = 1.0) -> tuple[float, ...]:
-    """``num`` widths evenly spaced in ``[w_min, w_max]`` (the paper's 4, 10, 20)."""
-    return tuple(round(w, 6) for w in reference_widths(num, w_min, w_max))
+__all__ = ["calibrate", "save_calibration", "load_calibration"]
 
 
 def calibrate(
@@ -76,33 +72,30 @@ def calibrate(
     return {"params": params, "batch_stats": flax.traverse_util.unflatten_dict(stats)}
 
 
-def _directory(workdir: str, num: int) -> str:
-    return os.path.join(os.path.abspath(workdir), "calibration", f"{num}w")
-
-
 def save_calibration(workdir: str, num: int, widths: Sequence[float], step: int, batch_stats: Any) -> str:
     """Stores calibrated statistics beside the checkpoints: ``calibration/<N>w/``."""
-    directory = _directory(workdir, num)
+    directory = io.calibration_dir(workdir, num)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(directory, "batch_stats"), batch_stats, force=True)
     checkpointer.wait_until_finished()
-    atomic_write(os.path.join(directory, "widths.json"),
-                 json.dumps({"widths": list(widths), "step": int(step)}))
+    io.atomic_write(os.path.join(directory, "widths.json"),
+                    json.dumps({"widths": list(widths), "step": int(step)}))
     return directory
 
 
-def load_calibration(workdir: str, num: int, step: int, target: Any) -> tuple[tuple[float, ...], Any] | None:
-    """Calibrated ``(widths, batch_stats)`` for checkpoint ``step``, or None if absent or stale."""
-    directory = _directory(workdir, num)
+def load_calibration(workdir: str, num: int, step: int, widths: Sequence[float], target: Any) -> Any | None:
+    """The statistics calibrated at ``widths`` for checkpoint ``step``, or None if absent or stale
+    (another step, or widths of an older rule)."""
+    directory = io.calibration_dir(workdir, num)
     try:
         with open(os.path.join(directory, "widths.json")) as f:
             meta = json.load(f)
     except FileNotFoundError:
         return None
-    if meta.get("step") != step:
+    if meta.get("step") != step or meta.get("widths") != list(widths):
         return None
     try:
         restored = ocp.StandardCheckpointer().restore(os.path.join(directory, "batch_stats"), target)
     except Exception as e:  # orbax raises many kinds for damaged files
         raise CheckpointError(f"calibration in {directory} cannot be restored ({e}); delete it to recalibrate.") from None
-    return tuple(meta["widths"]), restored
+    return restored

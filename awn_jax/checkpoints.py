@@ -4,52 +4,29 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "save_config", "load_config", "atomic_write"]
+from awn_jax import io
+
+__all__ = ["CheckpointError", "Checkpointer", "save_config", "load_config", "check_same_run"]
 
 # Fields a resumed run may change without invalidating its checkpoints.
 RESUMABLE_FIELDS = frozenset(
     {"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
      "eval_batch_size", "data_dir", "data.raw", "data.download", "distributed",
      "sweep.after_training", "sweep.grid_step", "sweep.throughput_repeats",
-     "sweep.calibration_batches", "sweep.calibrations", "perf.conv_batch_chunk"}
+     "sweep.calibration_batches", "sweep.calibrations"}
 )
+# Fields of older versions that no longer exist and never changed what a run computes
+# (perf.conv_batch_chunk: a CPU lowering, now chosen by awn_jax.conv.training_lowering).
+RETIRED_FIELDS = frozenset({"perf"})
 
 
 class CheckpointError(RuntimeError):
     """A workdir or checkpoint that cannot serve this run; the message says why."""
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path: str, content: str | bytes) -> None:
-    """Writes ``content`` (text or bytes) to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
-        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -65,7 +42,7 @@ def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Saves ``config`` as ``<workdir>/config.json``."""
-    atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+    io.atomic_write(io.config_path(workdir), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _merge(target: ml_collections.ConfigDict, saved: dict, where: str) -> None:
@@ -84,7 +61,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a workdir was trained with, over today's defaults for fields it predates."""
     from awn_jax.config import base_config  # config imports the models; keep this module light
 
-    path = os.path.join(workdir, "config.json")
+    path = io.config_path(workdir)
     try:
         with open(path) as f:
             saved = json.load(f)
@@ -93,6 +70,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the workdir is damaged.") from None
     config = base_config()
+    saved = {k: v for k, v in saved.items() if k not in RETIRED_FIELDS} if isinstance(saved, dict) else saved
     try:
         _merge(config, saved, path)
     except (TypeError, AttributeError) as e:
@@ -120,7 +98,7 @@ class Checkpointer:
     """Periodic and final saves under ``<workdir>/checkpoints``, newest ``keep`` kept."""
 
     def __init__(self, workdir: str, keep: int = 3):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = io.checkpoints_dir(workdir)
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise CheckpointError(f"{self.directory} is a file, not a checkpoint directory; use another --workdir.")
         self.manager = ocp.CheckpointManager(

@@ -13,8 +13,7 @@ import ml_collections
 from awn_jax.data import DATASETS
 from awn_jax.models import MODELS, VARIANTS
 
-__all__ = ["base_config", "lenet_config", "mobilenet_config", "validate", "apply_smoke",
-           "smallest_trained_width", "ConfigError"]
+__all__ = ["base_config", "lenet_config", "mobilenet_config", "validate", "apply_smoke", "ConfigError"]
 
 WIDTH_MODES = ("fixed", "sandwich")
 SCHEDULES = ("step", "linear", "constant")
@@ -72,11 +71,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
-
-    c.perf = ml_collections.ConfigDict()
-    # Training convs take this many images at a time: -1 = 8 on CPU, whole batch elsewhere;
-    # 0 = whole batch. Same function, faster on XLA:CPU (docs/PERFORMANCE_NOTES.md).
-    c.perf.conv_batch_chunk = -1
 
     c.sweep = ml_collections.ConfigDict()
     c.sweep.after_training = True  # main: sweep every width once training ends
@@ -147,11 +141,6 @@ def mobilenet_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     return c
 
 
-def smallest_trained_width(c: ml_collections.ConfigDict) -> float:
-    """The narrowest width a run trains: the smallest listed width, or the sandwich's w_min."""
-    return min(c.widths.fixed) if c.widths.mode == "fixed" else c.widths.w_min
-
-
 def _fail(field: str, problem: str, fix: str) -> None:
     raise ConfigError(f"config.{field}: {problem}; {fix}.")
 
@@ -184,9 +173,6 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("optim.schedule", f"unknown schedule {c.optim.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
     if any(not 0 < m < 1 for m in c.optim.milestones) or list(c.optim.milestones) != sorted(c.optim.milestones):
         _fail("optim.milestones", f"{c.optim.milestones!r}", "use increasing fractions of training in (0, 1)")
-    chunk = c.perf.conv_batch_chunk
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < -1:
-        _fail("perf.conv_batch_chunk", f"{chunk!r}", "use -1 (auto), 0 (off) or a positive integer")
     w = c.widths
     if w.mode not in WIDTH_MODES:
         _fail("widths.mode", f"unknown mode {w.mode!r}", f"choose one of {', '.join(WIDTH_MODES)}")

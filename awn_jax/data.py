@@ -24,7 +24,7 @@ import os
 import pickle
 import struct
 import tarfile
-from typing import Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ __all__ = [
     "Split",
     "default_data_dir",
     "load_split",
+    "load_data",
     "prepare",
     "read_raw",
     "epoch_permutation",
@@ -58,6 +59,7 @@ class DatasetInfo:
       name: TFDS name.
       image_shape: ``(H, W, C)``.
       num_classes: label count.
+      train_examples: size of the full training split.
       mean, std: per-channel normalisation of ``[0, 1]`` pixels.
       augment: random crop (4-pixel padding) and horizontal flip in training.
       default_raw: where the raw files are looked for when none are given.
@@ -67,6 +69,7 @@ class DatasetInfo:
     name: str
     image_shape: tuple[int, int, int]
     num_classes: int
+    train_examples: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool
@@ -76,18 +79,18 @@ class DatasetInfo:
 
 DATASETS = {
     "fashion_mnist": DatasetInfo(
-        "fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), False,
+        "fashion_mnist", (28, 28, 1), 10, 60000, (0.2860,), (0.3530,), False,
         "/usr/share/datasets/fashion-mnist",
         "the IDX files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"
         " t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (Debian: `apt-get install"
         " dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist)",
     ),
     "cifar10": DatasetInfo(
-        "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
+        "cifar10", (32, 32, 3), 10, 50000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
         None, "the official cifar-10-python.tar.gz (from the CIFAR-10 homepage)",
     ),
     "cifar100": DatasetInfo(
-        "cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
+        "cifar100", (32, 32, 3), 100, 50000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
         None, "the official cifar-100-python.tar.gz (from the CIFAR-100 homepage)",
     ),
 }
@@ -322,6 +325,18 @@ def load_split(
     )
 
 
+def load_data(config: Any) -> tuple[Split, Split]:
+    """The train and test splits of a run's config, cut to ``config.data.{train,test}_examples``."""
+    splits = []
+    for split, limit in (("train", config.data.train_examples), ("test", config.data.test_examples)):
+        s = load_split(config.dataset, split, config.data_dir or None, config.data.raw or None,
+                       config.data.download)
+        if limit:
+            s = Split(s.images[:limit], s.labels[:limit])
+        splits.append(s)
+    return splits[0], splits[1]
+
+
 # ----------------------------------------------------------------------------- batching
 
 
@@ -398,20 +413,9 @@ def preprocess(
     return (x - mean) / std
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m awn_jax.data NAME [--raw=PATH] [--data_dir=DIR]``: prepares offline."""
-    import argparse
+if __name__ == "__main__":  # the command lives in awn_jax.cli.data
+    import sys
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("name", choices=sorted(DATASETS))
-    parser.add_argument("--raw", default=None, help="IDX directory or *-python.tar.gz")
-    parser.add_argument("--data_dir", default=None, help="TFDS data directory")
-    args = parser.parse_args(argv)
-    try:
-        print(prepare(args.name, args.raw, args.data_dir))
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
+    from awn_jax.cli.data import run
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from awn_jax.checkpoints import atomic_write
+from awn_jax import io
 
 __all__ = ["MetricsLog"]
 
@@ -29,17 +29,17 @@ class MetricsLog:
 
     def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = io.metrics_path(workdir)
         self._writer = None
         if not enabled:
             return
         if os.path.exists(self.path):
             with open(self.path) as f:
                 kept = [line for line in f if line.strip() and self._step_of(line) <= resume_step]
-            atomic_write(self.path, "".join(kept))
+            io.atomic_write(self.path, "".join(kept))
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._writer = SummaryWriter(io.tensorboard_dir(workdir))
 
     @staticmethod
     def _step_of(line: str) -> int:

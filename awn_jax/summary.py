@@ -1,4 +1,4 @@
-"""Tables of what each model variant stores and runs: ``python -m awn_jax.summary``.
+"""Tables of what each model variant stores and runs (printed by ``python -m awn_jax.summary``).
 
 Prints, for LeNet-3C1L (Fashion-MNIST shape) and MobileNetV2 (CIFAR shape):
 parameters, BatchNorm statistics and bytes stored per variant (and how they
@@ -16,8 +16,9 @@ import jax.numpy as jnp
 
 from awn_jax import costs
 from awn_jax.models import create_model, variant_spec
+from awn_jax.widths import calibration_widths
 
-__all__ = ["VariantRow", "variant_rows", "format_rows", "main"]
+__all__ = ["VariantRow", "variant_rows", "default_variants", "format_rows", "INPUT_SHAPES"]
 
 INPUT_SHAPES = {"lenet3c1l": (28, 28, 1), "mobilenet_v2": (32, 32, 3)}
 SHOWN_WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -69,7 +70,7 @@ def variant_rows(
 def default_variants() -> list[tuple[str, tuple[float, ...] | None]]:
     """Every variant; S-Net with 4 and 8 listed widths, US-Net calibrated at 0/4/10/20."""
     def spaced(n):
-        return tuple(0.25 + 0.75 * i / (n - 1) for i in range(n))
+        return calibration_widths(n, 0.25)
 
     return [
         ("awn", None),
@@ -97,18 +98,9 @@ def format_rows(rows: Sequence[VariantRow]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Prints the width -> channels table and the variant tables of both models."""
-    from awn_jax.widths import num_channels, reference_widths
+if __name__ == "__main__":  # the command lives in awn_jax.cli.summary
+    import sys
 
-    print("Width -> active channels of a 45-channel (AWN) and a 32-channel layer:")
-    print("| width | " + " | ".join(f"{w:.3f}" for w in reference_widths()) + " |")
-    for c in (45, 32):
-        print(f"| C={c} | " + " | ".join(str(num_channels(w, c)) for w in reference_widths()) + " |")
-    for name in INPUT_SHAPES:
-        print(f"\n{name} (input {INPUT_SHAPES[name]}):")
-        print(format_rows(variant_rows(name, default_variants())))
+    from awn_jax.cli.summary import run
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -1,9 +1,13 @@
 """Width factors: the width -> channels rule, validation, grids and samplers.
 
-A layer with ``C`` channels runs ``max(1, round(w * C))`` of them at width ``w``
-(round half to even). The product is taken in exact rational arithmetic on the
-binary value of ``w``, so the rule, the triangular masks derived from it and
-every channel count in the project agree to the last bit.
+A layer with ``C`` channels runs ``max(1, round(w * C))`` of them at width ``w``,
+exactly as the reference (PyTorch) code computes it: the float64 product
+``float(w) * C`` rounded by Python's ``round`` (half to even, on the float
+product). The same width thus runs the same sub-network as the reference. Counts
+are always computed here, on the host; traced code receives them as integers and
+never rounds a width. The triangular masks (``masks``) and ``distinct_widths`` are
+derived from this function itself, through ``activation_width``, so they agree with
+every channel count in the project to the last bit.
 """
 
 from __future__ import annotations
@@ -19,10 +23,19 @@ __all__ = [
     "validate_width",
     "num_channels",
     "channel_config",
+    "activation_width",
     "distinct_widths",
     "width_grid",
     "reference_widths",
     "sandwich_widths",
+    "sorted_unique",
+    "REFERENCE_WIDTHS",
+    "is_reference_width",
+    "smallest_trained_width",
+    "step_widths",
+    "representatives",
+    "sweep_widths",
+    "calibration_widths",
 ]
 
 
@@ -58,20 +71,31 @@ def validate_width(width: object, name: str = "width") -> float:
     return value
 
 
+def _check_channels(channels: object) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels must be a positive int, got {channels!r}.")
+    return int(channels)
+
+
+def _rule(width: float, channels: int) -> int:
+    # The reference's rule: float64 product, Python's round (half to even).
+    return max(1, round(width * channels))
+
+
 def num_channels(width: float, channels: int) -> int:
     """Active channels of a ``channels``-wide layer at ``width``.
 
     Args:
-      width: width factor in (0, 1].
+      width: width factor in (0, 1]; NumPy scalars are taken as their float64 value.
       channels: the layer's full channel count (positive int).
 
     Returns:
-      ``max(1, round(width * channels))`` with exact arithmetic, half to even.
+      ``max(1, round(float(width) * channels))``: the float64 product rounded half
+      to even, as the reference code (so at ``C = 45``, ``0.3 -> 14`` and
+      ``0.9 -> 40``, where the exact products 13.4999... and 40.5000... would round
+      the other way). Always in ``[1, channels]`` and non-decreasing in ``width``.
     """
-    w = validate_width(width)
-    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise ValueError(f"channels must be a positive int, got {channels!r}.")
-    return max(1, round(Fraction(w) * int(channels)))
+    return _rule(validate_width(width), _check_channels(channels))
 
 
 def channel_config(width: float, channels: Iterable[int]) -> tuple[int, ...]:
@@ -79,14 +103,44 @@ def channel_config(width: float, channels: Iterable[int]) -> tuple[int, ...]:
     return tuple(num_channels(width, c) for c in channels)
 
 
-def _shortest_decimal_in(low: Fraction, high: Fraction) -> float:
-    """A short decimal strictly inside (low, high), for readable widths."""
+def activation_width(count: int, channels: int) -> float:
+    """The smallest width at which a ``channels``-wide layer runs ``count`` channels or more.
+
+    Widths are float64 values in (0, 1]; ``num_channels`` is a non-decreasing step
+    function of them, so this is the float where its count reaches ``count``:
+    ``num_channels(w, channels) >= count`` holds for ``w = activation_width(...)`` and
+    fails for the next float below it. It lies within a few ulps of
+    ``(count - 1/2) / channels``. For ``count == 1`` it is the smallest positive float.
+
+    Args:
+      count: channel count to reach, ``1 <= count <= channels``.
+      channels: the layer's full channel count.
+
+    Returns:
+      That width, a Python float.
+    """
+    c = _check_channels(channels)
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= c:
+        raise ValueError(f"count must be an int in [1, {c}], got {count!r}.")
+    if count == 1:
+        return math.ulp(0.0)
+    w = min(1.0, (count - 0.5) / c)
+    while _rule(w, c) < count:  # a few ulps at most; stops at 1.0, where the count is c
+        w = math.nextafter(w, math.inf)
+    while _rule(below := math.nextafter(w, 0.0), c) >= count:
+        w = below
+    return w
+
+
+def _shortest_decimal_in(low: float, high: float) -> float:
+    """A short decimal ``x`` with ``low <= x < high`` (floats), for readable widths."""
+    exact_low = Fraction(low)
     for digits in range(2, 18):
         scale = 10**digits
-        candidate = Fraction(math.floor(low * scale) + 1, scale)
-        if candidate < high:
-            return float(candidate)
-    return float((low + high) / 2)
+        candidate = float(Fraction(math.ceil(exact_low * scale), scale))
+        if low <= candidate < high:
+            return candidate
+    return low
 
 
 def _check_range(w_min: float, w_max: float) -> tuple[float, float]:
@@ -103,11 +157,12 @@ def distinct_widths(
     """One width for every distinct channel configuration in ``[w_min, w_max]``.
 
     The configuration (active channels of every listed layer size) is a step
-    function of the width; its steps sit at ``(k + 1/2) / C``. The candidates are
-    ``w_min``, ``w_max`` and the shortest decimal inside each open interval
-    between steps; the endpoints represent their own configurations. (A step where
-    two layer sizes round in opposite directions is a configuration of its own on
-    a single real number; it is not listed.)
+    function of the (float64) width. It changes exactly at the widths
+    ``activation_width(k, C)`` where a size ``C`` reaches ``k`` channels, so it is
+    constant on each half-open run of floats ``[edge_i, edge_i+1)``; every such run
+    holds at least one float, and every run is one configuration, none missed. The
+    first run is represented by ``w_min``, the last by ``w_max``, every other by the
+    shortest decimal inside it.
 
     Args:
       channels: full channel count(s) of the model's layers.
@@ -116,23 +171,22 @@ def distinct_widths(
 
     Returns:
       Increasing widths, one per distinct configuration (35 for a 45-channel
-      layer over [0.25, 1]).
+      layer over [0.25, 1]); each gives its configuration under ``num_channels``.
     """
     w_min, w_max = _check_range(w_min, w_max)
     sizes = sorted({int(c) for c in ([channels] if isinstance(channels, (int, np.integer)) else channels)})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"channels must be positive ints, got {channels!r}.")
-    lo, hi = Fraction(w_min), Fraction(w_max)
-    steps = {Fraction(2 * k + 1, 2 * c) for c in sizes for k in range(c)}
-    # A step at w_min itself still opens a new configuration just above it.
-    edges = sorted({lo, hi} | {s for s in steps if lo <= s <= hi})
-    # The endpoints come first so that they represent their configurations.
-    reps = [w_min, w_max]
-    reps += [_shortest_decimal_in(a, b) for a, b in zip(edges[:-1], edges[1:])]
-    by_config: dict[tuple[int, ...], float] = {}
-    for w in reps:
-        by_config.setdefault(channel_config(w, sizes), w)
-    return sorted(by_config.values())
+    # Every edge e has w_min < e <= w_max: the count at w_min is below k, at w_max not.
+    edges = sorted({
+        activation_width(k, c)
+        for c in sizes
+        for k in range(_rule(w_min, c) + 1, _rule(w_max, c) + 1)
+    })
+    if not edges:
+        return [w_min]
+    middle = [_shortest_decimal_in(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    return [w_min, *middle, w_max]
 
 
 def width_grid(w_min: float = 0.25, w_max: float = 1.0, step: float = 0.01) -> list[float]:
@@ -176,3 +230,79 @@ def sandwich_widths(
 def sorted_unique(widths: Sequence[float]) -> list[float]:
     """Validated widths, sorted, without repeats."""
     return sorted({validate_width(w) for w in widths})
+
+
+# ----------------------------------------------------------------------------- width sets of a run
+#
+# Every set of widths a run uses is defined here: the widths trained at a step, the
+# representatives that bound compiled programs, the sweep, the reference code's ten
+# test widths and US-Net's calibrated widths. Each takes the run's config (duck-typed:
+# ``config.widths`` and ``config.sweep``) so callers need not know the policy.
+
+REFERENCE_WIDTHS: tuple[float, ...] = tuple(reference_widths(10, 0.25, 1.0))
+"""The reference code's 10 test widths, ``linspace(0.25, 1, 10)`` as floats: the rule gives their
+channel counts exactly as the reference does (0.8333333333333333 -> 38 of 45, where 0.833333
+gives 37). Match them with :func:`is_reference_width`."""
+
+
+def is_reference_width(width: float) -> bool:
+    """Whether ``width`` is one of :data:`REFERENCE_WIDTHS` (to 6 decimals, as older sweeps stored them)."""
+    return round(float(width), 6) in {round(w, 6) for w in REFERENCE_WIDTHS}
+
+
+def smallest_trained_width(config) -> float:
+    """The narrowest width a run trains: the smallest listed width, or the sandwich's ``w_min``."""
+    w = config.widths
+    return min(w.fixed) if w.mode == "fixed" else w.w_min
+
+
+def step_widths(config, step: int) -> tuple[float, ...]:
+    """The widths trained at ``step``, widest first; a function of ``(config.seed, step)`` only.
+
+    Fixed mode lists ``widths.fixed``; sandwich mode draws :func:`sandwich_widths`, snapped to
+    ``widths.grid_step`` when it is set (which bounds the programs per-width training compiles).
+    """
+    w = config.widths
+    if w.mode == "fixed":
+        widths = [float(x) for x in w.fixed]
+    else:
+        widths = list(sandwich_widths(config.seed, step, w.num, w.w_min, w.w_max))
+        if w.grid_step:
+            widths = [min(w.w_max, max(w.w_min, round(round(x / w.grid_step) * w.grid_step, 10)))
+                      for x in widths]
+    widest = max(widths)
+    widths.remove(widest)
+    return (widest, *widths)
+
+
+def representatives(sizes: Iterable[int], w_min: float) -> dict[tuple[int, ...], float]:
+    """One width per distinct channel configuration in ``[w_min, 1]``, keyed by the configuration.
+
+    A sampled width is replaced by its configuration's representative so that per-width
+    programs compile once per configuration, not once per draw.
+    """
+    sizes = sorted(set(sizes))
+    return {channel_config(rep, sizes): rep for rep in distinct_widths(sizes, w_min, 1.0)}
+
+
+def sweep_widths(config, sizes: Iterable[int]) -> list[float]:
+    """The widths a sweep evaluates, within ``[min(smallest trained, 0.25), 1]``.
+
+    Every distinct channel configuration (``sweep.grid_step == 0``) or a regular grid,
+    plus the reference code's 10 test widths.
+    """
+    w_min = min(smallest_trained_width(config), 0.25)
+    if config.sweep.grid_step > 0:
+        widths = width_grid(w_min, 1.0, config.sweep.grid_step)
+    else:
+        widths = distinct_widths(list(sizes), w_min, 1.0)
+    extra = [w for w in REFERENCE_WIDTHS if w >= w_min]
+    return sorted({w for w in widths if not is_reference_width(w)} | set(extra))
+
+
+def calibration_widths(num: int, w_min: float, w_max: float = 1.0) -> tuple[float, ...]:
+    """US-Net's ``num`` calibrated widths, evenly spaced in ``[w_min, w_max]`` (the paper's 4, 10, 20).
+
+    Unrounded, so that each reference width is served by its own calibrated statistics.
+    """
+    return tuple(reference_widths(num, w_min, w_max))

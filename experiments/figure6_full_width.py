@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from awn_jax import checkpoints, evaluate
+from awn_jax import io, report
 from experiments import runner
 
 METHODS = ("awn_full", "standard_full")
@@ -38,7 +38,7 @@ def report(seeds, workroot: str, epochs: int) -> str:
     for key in METHODS:
         per_seed = []
         for seed in seeds:
-            path = runner.sweep_path(runner.workdir(runner.spec(key, seed), workroot, epochs))
+            path = io.sweep_path(runner.workdir(runner.spec(key, seed), workroot, epochs))
             if os.path.exists(path):
                 per_seed.append(_metrics(runner.load_json(path)))
                 if seed == seeds[0]:
@@ -59,10 +59,10 @@ def report(seeds, workroot: str, epochs: int) -> str:
                - results["standard_full"]["mean_top1_reference_widths_below_1"][0])
         lines.append(f"\nTriangular minus standard, mean top-1 over the widths below 1: {gap:+.2f} points.")
     md = "\n".join(lines)
-    checkpoints.atomic_write(os.path.join(out, "figure6.md"), md + "\n")
-    checkpoints.atomic_write(os.path.join(out, "figure6.json"), json.dumps(
+    io.atomic_write(os.path.join(out, "figure6.md"), md + "\n")
+    io.atomic_write(os.path.join(out, "figure6.json"), json.dumps(
         {"epochs": epochs, "seeds": list(seeds), "results": results}, indent=1))
-    evaluate.compare([p for p, _ in paths], os.path.join(out, "figure6.png"), labels=[label for _, label in paths])
+    report.compare([p for p, _ in paths], os.path.join(out, "figure6.png"), labels=[label for _, label in paths])
     return md
 
 

@@ -17,12 +17,17 @@ import sys
 import time
 from typing import Callable, Iterable, Sequence
 
+from awn_jax import data, io
+from awn_jax.config import lenet_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
 DEFAULT_WORKROOT = os.path.join(REPO, "workdirs", "experiments")
 CONFIG = "configs/lenet_fmnist.py"
 SEEDS = (2019, 2020, 2021)
-US_NET_CALIBRATIONS = (4, 10, 20)
+# What configs/lenet_fmnist.py trains with (the runs override only epochs, seed, checkpoints, widths).
+_BASE = lenet_config("fashion_mnist")
+US_NET_CALIBRATIONS = tuple(_BASE.sweep.calibrations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +82,13 @@ def workdir(run: RunSpec, workroot: str, epochs: int) -> str:
     return os.path.join(workroot, f"e{epochs}", run.name)
 
 
-def sweep_path(run_dir: str, calibration: int = 0) -> str:
-    sub = "eval" if not calibration else f"eval_calibrated_{calibration}w"
-    return os.path.join(run_dir, sub, "sweep.json")
-
-
 def is_done(run: RunSpec, run_dir: str) -> bool:
-    return all(os.path.exists(sweep_path(run_dir, c)) for c in run.calibrations())
+    return all(os.path.exists(io.sweep_path(run_dir, c)) for c in run.calibrations())
 
 
 def command(run: RunSpec, run_dir: str, epochs: int, checkpoints: int) -> list[str]:
     """The CLI command of a run; ``checkpoints`` evenly spaced checkpoints are kept."""
-    steps_per_epoch = 60000 // 128
+    steps_per_epoch = data.get_info(_BASE.dataset).train_examples // _BASE.batch_size
     every = max(1, epochs * steps_per_epoch // checkpoints)
     args = [sys.executable, "-m", "awn_jax.main", f"--config={CONFIG}", f"--workdir={run_dir}",
             f"--config.num_epochs={epochs}", f"--config.seed={run.seed}",

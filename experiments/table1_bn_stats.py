@@ -20,15 +20,15 @@ images, in train mode (the statistics BatchNorm normalises with).
 
 from __future__ import annotations
 
-import io
 import json
 import os
+from io import BytesIO
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awn_jax import checkpoints, data, evaluate, train
+from awn_jax import checkpoints, data, evaluation, io
 from experiments import runner
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -57,7 +57,7 @@ def track(run_dir: str, train_split: data.Split) -> dict:
     ckpt = checkpoints.Checkpointer(run_dir)
     steps = sorted(ckpt.manager.all_steps())
     ckpt.close()
-    first = evaluate.restore_run(run_dir, steps[0])
+    first = evaluation.restore_run(run_dir, steps[0])
     x = _fixed_batch(train_split, first.info)
     model = first.model
     variant, bn_widths = first.config.variant, tuple(first.config.widths.fixed)
@@ -65,7 +65,7 @@ def track(run_dir: str, train_split: data.Split) -> dict:
                for w in WIDTHS}
     out = {"steps": steps, "batch_mean": [], "batch_var": [], "running_mean": [], "running_var": []}
     for step in steps:
-        run = first if step == steps[0] else evaluate.restore_run(run_dir, step)
+        run = first if step == steps[0] else evaluation.restore_run(run_dir, step)
         per = {k: np.zeros((len(WIDTHS), len(LAYERS), len(CHANNELS))) for k in
                ("batch_mean", "batch_var", "running_mean", "running_var")}
         for i, w in enumerate(WIDTHS):
@@ -101,11 +101,11 @@ def summarise(tracked: dict) -> dict:
 
 def accuracies(run_dir: str, train_split: data.Split) -> dict:
     """Training- and test-set top-1 at the four widths, final checkpoint, eval mode."""
-    sweep = runner.load_json(runner.sweep_path(run_dir))
+    sweep = runner.load_json(io.sweep_path(run_dir))
     test = {r["width"]: r["top1"] for r in sweep["rows"]}
-    run = evaluate.restore_run(run_dir)
-    acc = evaluate.accuracies_per_width(run.model, run.variables, train_split, run.info, WIDTHS,
-                                        run.config.eval_batch_size)
+    run = evaluation.restore_run(run_dir)
+    acc = evaluation.accuracies(run.model, run.variables, train_split, run.info, WIDTHS,
+                                run.config.eval_batch_size)
     return {"train": [100 * acc[w][0] for w in WIDTHS], "validation": [100 * test[w] for w in WIDTHS]}
 
 
@@ -134,10 +134,10 @@ def _plot(tracked: dict, path: str, layer: int = 2, channel: int = 0) -> None:
                 ax.set_xlabel("training step")
         axes[0][col].legend(fontsize=6)
     fig.tight_layout()
-    buffer = io.BytesIO()
+    buffer = BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    checkpoints.atomic_write(path, buffer.getvalue())
+    io.atomic_write(path, buffer.getvalue())
 
 
 def report(seeds, workroot: str, epochs: int) -> str:
@@ -147,7 +147,7 @@ def report(seeds, workroot: str, epochs: int) -> str:
     tracked, summary, acc = {}, {}, {}
     for key in METHODS:
         run_dir = runner.workdir(runner.spec(key, seed), workroot, epochs)
-        train_split = train.load_data(checkpoints.load_config(run_dir))[0]
+        train_split = data.load_data(checkpoints.load_config(run_dir))[0]
         tracked[key] = track(run_dir, train_split)
         summary[key] = summarise(tracked[key])
         acc[key] = accuracies(run_dir, train_split)
@@ -166,11 +166,11 @@ def report(seeds, workroot: str, epochs: int) -> str:
                      f" {s['batch_vs_running_gap']:.4f} | "
                      + " | ".join(f"{s['gap_per_width'][str(w)]:.4f}" for w in WIDTHS) + " |")
     md = "\n".join(lines)
-    checkpoints.atomic_write(os.path.join(out, "table1.md"), md + "\n")
-    checkpoints.atomic_write(os.path.join(out, "table1.json"), json.dumps(
+    io.atomic_write(os.path.join(out, "table1.md"), md + "\n")
+    io.atomic_write(os.path.join(out, "table1.json"), json.dumps(
         {"seed": seed, "epochs": epochs, "widths": WIDTHS, "accuracy": acc, "paper_validation": PAPER_VALIDATION,
          "statistics_summary": summary}, indent=1))
-    checkpoints.atomic_write(os.path.join(out, "stats.json"), json.dumps(
+    io.atomic_write(os.path.join(out, "stats.json"), json.dumps(
         {"layers": LAYERS, "channels": CHANNELS, "widths": WIDTHS, "tracked": tracked}))
     _plot(tracked, os.path.join(out, "figure2.png"))
     return md

@@ -12,13 +12,13 @@ paper's number beside it), ``table2.csv``/``table2.json`` (every seed),
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
+from io import StringIO
 
 import numpy as np
 
-from awn_jax import checkpoints, evaluate
+from awn_jax import io, report
 from experiments import runner
 
 PAPER_AUC = {"AWN": 90.67, "S-Net": 83.78, "AWN+RS": 91.06, "US-Net 4w": 90.40, "US-Net 10w": 90.70,
@@ -42,7 +42,7 @@ def collect(seeds, workroot: str, epochs: int) -> list[dict]:
             run = runner.spec(key, seed)
             run_dir = runner.workdir(run, workroot, epochs)
             for column, calibration in _columns(key):
-                path = runner.sweep_path(run_dir, calibration)
+                path = io.sweep_path(run_dir, calibration)
                 if not os.path.exists(path):
                     continue
                 sweep = runner.load_json(path)
@@ -87,7 +87,7 @@ def mean_curves(records: list[dict]) -> str:
     for r in records:
         by_method.setdefault(r["method"], []).append({row["width"]: row["top1"] for row in r["rows"]})
     widths = sorted(set.intersection(*(set(c) for curves in by_method.values() for c in curves)))
-    out = io.StringIO()
+    out = StringIO()
     writer = csv.writer(out)
     writer.writerow(["width", *by_method])
     for w in widths:
@@ -101,18 +101,18 @@ def report(seeds, workroot: str, epochs: int) -> str:
         raise SystemExit(f"no finished runs under {workroot}/e{epochs}: train first (without --report_only).")
     out = runner.results_dir("table2_fmnist")
     md = table(records)
-    checkpoints.atomic_write(os.path.join(out, "table2.md"), md + "\n")
-    checkpoints.atomic_write(os.path.join(out, "table2.json"), json.dumps(
+    io.atomic_write(os.path.join(out, "table2.md"), md + "\n")
+    io.atomic_write(os.path.join(out, "table2.json"), json.dumps(
         [{k: v for k, v in r.items() if k != "rows"} for r in records], indent=1))
-    text = io.StringIO()
+    text = StringIO()
     fields = [k for k in records[0] if k not in ("rows",)]
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(records)
-    checkpoints.atomic_write(os.path.join(out, "table2.csv"), text.getvalue())
-    checkpoints.atomic_write(os.path.join(out, "curves.csv"), mean_curves(records))
+    io.atomic_write(os.path.join(out, "table2.csv"), text.getvalue())
+    io.atomic_write(os.path.join(out, "curves.csv"), mean_curves(records))
     first = [r for r in records if r["seed"] == seeds[0]]
-    print(evaluate.compare([r["sweep_path"] for r in first], os.path.join(out, "figure5.png"),
+    print(report.compare([r["sweep_path"] for r in first], os.path.join(out, "figure5.png"),
                            labels=[r["method"] for r in first]))
     return md
 

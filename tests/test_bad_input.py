@@ -15,18 +15,17 @@ import numpy as np
 import pytest
 from absl import flags
 
-from awn_jax import evaluate, export, train
-from awn_jax import main as main_lib
+from awn_jax import export, sweep, train
+from awn_jax.cli import common, evaluate as evaluate_cli, export as export_cli, train as train_cli
 from helpers import fake_split, tiny_config, truncate_checkpoints, write_fake_cifar, write_fake_fmnist, write_idx
 
-FLAGS = flags.FLAGS
 CONFIG = "configs/lenet_fmnist.py:smoke"
 
 
 @pytest.fixture(autouse=True)
 def _no_global_side_effects(monkeypatch):
-    monkeypatch.setattr(main_lib.runtime, "tune_host_allocator", lambda: False)
-    monkeypatch.setattr(main_lib.evaluate, "enable_compilation_cache", lambda *a: "")
+    monkeypatch.setattr(common.runtime, "tune_host_allocator", lambda: False)
+    monkeypatch.setattr(common, "enable_compilation_cache", lambda *a: "")
     monkeypatch.chdir(os.path.join(os.path.dirname(__file__), ".."))
 
 
@@ -37,24 +36,10 @@ def _snapshot(path):
                    os.path.getmtime(os.path.join(r, f))) for r, _, fs in os.walk(path) for f in fs)
 
 
-def _parse(argv):
-    """Parses flags as the CLI does (config_flags reads its overrides from sys.argv)."""
-    FLAGS.unparse_flags()
-    for name in [n for n in FLAGS if n.startswith("config.")]:
-        delattr(FLAGS, name)  # override flags are defined anew by each parse
-    saved, sys.argv = sys.argv, argv
-    try:
-        main_lib.parse_flags(argv)
-    finally:
-        sys.argv = saved
-
-
 def _train_cli(capsys, workdir, *args, config=CONFIG):
-    """Runs ``awn_jax.main`` in-process; returns (exit status, stderr)."""
-    _parse(["awn_jax.main", f"--config={config}", f"--workdir={workdir}", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main_lib.main(["awn_jax.main"])
-    return exit_info.value.code, capsys.readouterr().err
+    """Runs the training command in-process; returns (exit status, stderr)."""
+    code = train_cli.run(["awn_jax.main", f"--config={config}", f"--workdir={workdir}", *args])
+    return code, capsys.readouterr().err
 
 
 def _assert_one_line_error(code, err, *needles):
@@ -93,10 +78,10 @@ def test_bad_config_values(capsys, tmp_path, args, needles):
     ("--config.num_epochs=[1]", "invalid literal for int()"),
     ("--workdirr=/tmp/x", "Unknown command line flag 'workdirr'"),
 ])
-def test_unknown_config_fields_and_malformed_values(capsys, bad, needle):
-    with pytest.raises(SystemExit) as exit_info:
-        _parse(["awn_jax.main", f"--config={CONFIG}", "--workdir=/tmp/unused", bad])
-    _assert_one_line_error(exit_info.value.code, capsys.readouterr().err, needle)
+def test_unknown_config_fields_and_malformed_values(capsys, tmp_path, bad, needle):
+    code, err = _train_cli(capsys, tmp_path / "wd", bad)
+    _assert_one_line_error(code, err, needle)
+    assert not os.path.exists(tmp_path / "wd")
 
 
 def _fmnist(tmp_path, damage=None):
@@ -164,7 +149,7 @@ def trained(tmp_path_factory):
     config = tiny_config(num_epochs=1, **{"sweep.throughput_repeats": 0})
     splits = (fake_split(config.dataset, 48, 0), fake_split(config.dataset, 16, 1))
     train.train_and_evaluate(config, str(workdir), splits=splits)
-    evaluate.sweep(str(workdir), splits=splits)
+    sweep.sweep(str(workdir), splits=splits)
     return workdir
 
 
@@ -205,16 +190,16 @@ def test_bad_workdirs_when_resuming(capsys, tmp_path, trained, case, needles):
 def test_evaluate_and_export_command_lines(capsys, tmp_path, trained):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert evaluate.main([f"--workdir={empty}"]) == 2
+    assert evaluate_cli.run(["evaluate", f"--workdir={empty}"]) == 2
     _assert_one_line_error(2, capsys.readouterr().err, "holds no config.json")
     assert os.listdir(empty) == []
     workdir = _copy(trained, tmp_path)
     with open(workdir / "eval" / "sweep.json") as f:
         cheapest = min(r["macs"] for r in json.load(f)["rows"])
     before = _snapshot(workdir)
-    assert evaluate.main([f"--workdir={workdir}", "--budget_macs=1000"]) == 2
+    assert evaluate_cli.run(["evaluate", f"--workdir={workdir}", "--budget_macs=1000"]) == 2
     _assert_one_line_error(2, capsys.readouterr().err, f"costs {cheapest:g} MACs")
-    assert export.main([f"--workdir={workdir}", "--width=1.5", f"--out={tmp_path / 'out'}"]) == 2
+    assert export_cli.run(["export", f"--workdir={workdir}", "--width=1.5", f"--out={tmp_path / 'out'}"]) == 2
     _assert_one_line_error(2, capsys.readouterr().err, "1.5")
     assert not os.path.exists(tmp_path / "out")
     assert _snapshot(workdir) == before

@@ -1,4 +1,5 @@
-"""Evaluation: AUC arithmetic, sweeps (one pass = per width), calibration, outputs, bad input."""
+"""Evaluation: AUC arithmetic, the accuracy loop (training = sweep), sweeps (one pass = per width),
+calibration, outputs, bad input."""
 
 import json
 import os
@@ -13,32 +14,32 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import calibration, checkpoints, costs, evaluate, train
+from awn_jax import calibration, checkpoints, costs, data, evaluation, report, sweep, train
 from awn_jax.models import LeNet3C1L
-from awn_jax.widths import num_channels
+from awn_jax.widths import REFERENCE_WIDTHS, calibration_widths, num_channels
 from helpers import fake_split, tiny_config, truncate_checkpoints
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_auc_trapezoid_normalises_by_the_width_range():
-    assert evaluate.auc_trapezoid([0.25, 0.5, 1.0], [0.8, 0.8, 0.8]) == pytest.approx(0.8)
+    assert report.auc_trapezoid([0.25, 0.5, 1.0], [0.8, 0.8, 0.8]) == pytest.approx(0.8)
     # Linear accuracy: the area is the mean of the end points, whatever the spacing.
-    assert evaluate.auc_trapezoid([0.25, 0.3, 1.0], [0.5, 0.52, 0.8]) == pytest.approx(0.65)
+    assert report.auc_trapezoid([0.25, 0.3, 1.0], [0.5, 0.52, 0.8]) == pytest.approx(0.65)
     # Hand-computed: (0.25 * (0.6 + 0.7) / 2 + 0.5 * (0.7 + 0.9) / 2) / 0.75 = 0.5625 / 0.75
-    assert evaluate.auc_trapezoid([1.0, 0.25, 0.5], [0.9, 0.6, 0.7]) == pytest.approx(0.75)
+    assert report.auc_trapezoid([1.0, 0.25, 0.5], [0.9, 0.6, 0.7]) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="at least two"):
-        evaluate.auc_trapezoid([0.5], [0.9])
+        report.auc_trapezoid([0.5], [0.9])
     with pytest.raises(ValueError, match="two distinct"):
-        evaluate.auc_trapezoid([0.5, 0.5], [0.9, 0.8])
+        report.auc_trapezoid([0.5, 0.5], [0.9, 0.8])
 
 
 def test_auc_reference_mean_uses_exactly_the_ten_reference_widths():
-    widths = list(evaluate.REFERENCE_WIDTHS) + [0.3, 0.6]
+    widths = list(REFERENCE_WIDTHS) + [0.3, 0.6]
     accs = [0.1 * i for i in range(10)] + [100.0, 100.0]
-    assert evaluate.auc_reference_mean(widths, accs) == pytest.approx(0.45)
+    assert report.auc_reference_mean(widths, accs) == pytest.approx(0.45)
     with pytest.raises(ValueError, match="missing"):
-        evaluate.auc_reference_mean([0.25, 1.0], [0.5, 0.6])
+        report.auc_reference_mean([0.25, 1.0], [0.5, 0.6])
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,8 @@ def trained_runs(tmp_path_factory):
 
 def test_one_pass_sweep_equals_per_width_sweep(trained_runs):
     runs, splits = trained_runs
-    fast = evaluate.sweep(runs["awn"], splits=splits, write=False)
-    slow = evaluate.sweep(runs["awn"], splits=splits, one_pass=False, write=False)
+    fast = sweep.sweep(runs["awn"], splits=splits, write=False)
+    slow = sweep.sweep(runs["awn"], splits=splits, one_pass=False, write=False)
     assert fast["summary"]["one_pass"] and not slow["summary"]["one_pass"]
     assert len(fast["rows"]) == len(slow["rows"]) >= 35
     for a, b in zip(fast["rows"], slow["rows"]):
@@ -69,9 +70,48 @@ def test_one_pass_sweep_equals_per_width_sweep(trained_runs):
     assert np.mean([a["top1"] == b["top1"] for a, b in zip(fast["rows"], slow["rows"])]) > 0.9
 
 
+@pytest.mark.parametrize("variant", ["awn", "usnet"])
+def test_training_time_accuracy_equals_the_sweeps_at_the_same_checkpoint(trained_runs, variant):
+    """Training evaluates through the same accuracy loop as the sweep: the same numbers."""
+    runs, splits = trained_runs
+    final = [json.loads(line) for line in open(os.path.join(runs[variant], "metrics.jsonl"))
+             if json.loads(line)["kind"] == "final"][-1]
+    result = sweep.sweep(runs[variant], splits=splits, write=False)
+    assert result["summary"]["step"] == final["step"]
+    top1 = {r["width"]: r["top1"] for r in result["rows"]}
+    assert final["widths"] == [1.0, 0.75, 0.5, 0.25]
+    assert [top1[w] for w in final["widths"]] == final["accuracy"]
+
+
+def test_accuracies_on_two_devices_equal_one_device(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    run = subprocess.run([sys.executable, "-c", TWO_DEVICE_EVAL.format(tests=os.path.dirname(__file__))],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = json.loads(run.stdout.strip().splitlines()[-1])
+    assert one == two
+
+
+TWO_DEVICE_EVAL = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    import jax
+    from awn_jax import data, evaluation, sharding
+    from awn_jax.models import LeNet3C1L
+    from helpers import fake_split
+    assert jax.device_count() == 2
+    model = LeNet3C1L(variant="awn")
+    split, info = fake_split("fashion_mnist", 37, 3), data.get_info("fashion_mnist")
+    variables = jax.jit(model.init)(jax.random.key(0), jax.numpy.zeros((1, 28, 28, 1)))
+    out = [evaluation.accuracies(model, variables, split, info, (1.0, 0.5, 0.3), 15,
+                                 mesh=sharding.data_mesh(devices)) for devices in (jax.devices()[:1], jax.devices())]
+    print(json.dumps([sorted(o.items()) for o in out]))
+""")
+
+
 def test_sweep_rows_cover_every_configuration_and_report_costs(trained_runs):
     runs, splits = trained_runs
-    result = evaluate.sweep(runs["awn"], splits=splits)
+    result = sweep.sweep(runs["awn"], splits=splits)
     rows, summary = result["rows"], result["summary"]
     assert {num_channels(r["width"], 45) for r in rows} == set(range(11, 46))
     assert sum(r["reference_width"] for r in rows) == 10
@@ -91,7 +131,7 @@ def test_sweep_rows_cover_every_configuration_and_report_costs(trained_runs):
 
 def test_snet_sweep_uses_the_next_larger_listed_batchnorm(trained_runs):
     runs, splits = trained_runs
-    run = evaluate.restore_run(runs["snet"])
+    run = evaluation.restore_run(runs["snet"])
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 28, 28, 1)), jnp.float32)
     # 0.6 is served by 0.75's BatchNorm: overwrite 0.75's statistics and see the output move.
     stats = flax.core.unfreeze(run.variables["batch_stats"])
@@ -105,8 +145,8 @@ def test_snet_sweep_uses_the_next_larger_listed_batchnorm(trained_runs):
 
 def test_usnet_calibration_is_a_cumulative_average_per_width(trained_runs):
     runs, splits = trained_runs
-    run = evaluate.restore_run(runs["usnet"])
-    widths = calibration.calibration_widths(4, 0.25)
+    run = evaluation.restore_run(runs["usnet"])
+    widths = calibration_widths(4, 0.25)
     assert widths == (0.25, 0.5, 0.75, 1.0)
     rng = np.random.default_rng(0)
     batches = [jnp.asarray(rng.normal(size=(8, 28, 28, 1)), jnp.float32) for _ in range(3)]
@@ -138,24 +178,24 @@ def test_calibrated_sweeps_grow_the_model_and_are_stored(trained_runs):
     runs, splits = trained_runs
     sizes = {}
     for num in (4, 10):
-        result = evaluate.sweep(runs["usnet"], splits=splits, calibration=num)
+        result = sweep.sweep(runs["usnet"], splits=splits, calibration=num)
         sizes[num] = result["summary"]["model_bytes"]
         assert os.path.exists(os.path.join(runs["usnet"], f"eval_calibrated_{num}w", "sweep.json"))
         assert os.path.exists(os.path.join(runs["usnet"], "calibration", f"{num}w", "widths.json"))
-    plain = evaluate.sweep(runs["usnet"], splits=splits, write=False)["summary"]["model_bytes"]
+    plain = sweep.sweep(runs["usnet"], splits=splits, write=False)["summary"]["model_bytes"]
     assert plain < sizes[4] < sizes[10]
-    again = evaluate.sweep(runs["usnet"], splits=splits, calibration=4, write=False)  # loads the stored one
+    again = sweep.sweep(runs["usnet"], splits=splits, calibration=4, write=False)  # loads the stored one
     assert again["summary"]["auc_trapezoid"] == json.load(open(os.path.join(
         runs["usnet"], "eval_calibrated_4w", "sweep.json")))["summary"]["auc_trapezoid"]
     with pytest.raises(ValueError, match="--calibration is for US-Net"):
-        evaluate.sweep(runs["awn"], splits=splits, calibration=4, write=False)
+        sweep.sweep(runs["awn"], splits=splits, calibration=4, write=False)
 
 
 def test_compare_overlays_runs_and_prints_the_auc_table(trained_runs, tmp_path):
     runs, splits = trained_runs
     for variant in ("awn", "snet"):
-        evaluate.sweep(runs[variant], splits=splits)
-    table = evaluate.compare([runs["awn"], runs["snet"]], str(tmp_path / "fig.png"))
+        sweep.sweep(runs[variant], splits=splits)
+    table = report.compare([runs["awn"], runs["snet"]], str(tmp_path / "fig.png"))
     assert "| AWN |" in table and "| S-Net |" in table
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -169,19 +209,19 @@ def test_bad_workdirs_give_one_clear_error_and_write_nothing(trained_runs, tmp_p
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(checkpoints.CheckpointError, match="no config.json"):
-        evaluate.sweep(str(empty), splits=splits)
+        sweep.sweep(str(empty), splits=splits)
     assert _no_eval_written(empty)
     # Config but no checkpoints.
     shutil.copy(os.path.join(runs["awn"], "config.json"), empty / "config.json")
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoint"):
-        evaluate.sweep(str(empty), splits=splits)
+        sweep.sweep(str(empty), splits=splits)
     # A checkpoint of another model: the S-Net's checkpoints beside the AWN's config.
     foreign = tmp_path / "foreign"
     shutil.copytree(runs["snet"], foreign)
     shutil.copy(os.path.join(runs["awn"], "config.json"), foreign / "config.json")
     shutil.rmtree(foreign / "eval", ignore_errors=True)
     with pytest.raises(checkpoints.CheckpointError, match="cannot be restored"):
-        evaluate.sweep(str(foreign), splits=splits)
+        sweep.sweep(str(foreign), splits=splits)
     assert _no_eval_written(foreign)
     # A truncated checkpoint: every data file cut short.
     broken = tmp_path / "broken"
@@ -189,7 +229,7 @@ def test_bad_workdirs_give_one_clear_error_and_write_nothing(trained_runs, tmp_p
     shutil.rmtree(broken / "eval", ignore_errors=True)
     truncate_checkpoints(broken)
     with pytest.raises(checkpoints.CheckpointError):
-        evaluate.sweep(str(broken), splits=splits)
+        sweep.sweep(str(broken), splits=splits)
     assert _no_eval_written(broken)
 
 
@@ -202,14 +242,14 @@ def test_cli_error_is_one_line(tmp_path):
 SECOND_SWEEP = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
-    from awn_jax import evaluate, train
+    from awn_jax import compilation, sweep, train
     from helpers import fake_split, tiny_config, truncate_checkpoints
-    evaluate.enable_compilation_cache({cache!r})
+    compilation.enable_compilation_cache({cache!r})
     splits = (fake_split("fashion_mnist", 32, 0), fake_split("fashion_mnist", 20, 1))
     config = tiny_config(variant="standard", num_epochs=1, **{{"sweep.throughput_repeats": 1}})
     if {train!r}:
         train.train_and_evaluate(config, {workdir!r}, splits=splits)
-    s = evaluate.sweep({workdir!r}, splits=splits, write=False)["summary"]
+    s = sweep.sweep({workdir!r}, splits=splits, write=False)["summary"]
     print(json.dumps([s["programs_compiled"], s["programs_from_cache"]]))
 """)
 

@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from awn_jax import checkpoints, data, train
+from awn_jax import checkpoints, data, io, optim, sharding, steps, train
+from awn_jax.models import from_config
 from awn_jax.config import validate
 from helpers import fake_split, tiny_config, write_fake_fmnist
 
@@ -59,10 +60,12 @@ def _complete_steps(workdir) -> list[int]:
 def _final_state(workdir):
     config = checkpoints.load_config(str(workdir))
     validate(config)
-    trainer = train.Trainer(config, data.get_info(config.dataset), 16)
+    info = data.get_info(config.dataset)
+    target = steps.abstract_state(from_config(config, info.num_classes), optim.make_optimizer(config, 16),
+                                  info.image_shape, sharding.replicated(sharding.data_mesh()))
     ckpt = checkpoints.Checkpointer(str(workdir))
     try:
-        return ckpt.latest_step(), ckpt.restore(trainer.abstract_state())
+        return ckpt.latest_step(), ckpt.restore(target)
     finally:
         ckpt.close()
 
@@ -176,10 +179,10 @@ def test_nan_stops_training_naming_step_and_width_and_keeps_the_last_checkpoint(
 
 def test_atomic_write_replaces_whole_files_with_ordinary_permissions(tmp_path):
     path = tmp_path / "result.json"
-    checkpoints.atomic_write(str(path), "old")
+    io.atomic_write(str(path), "old")
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
     with pytest.raises(TypeError):  # the write fails after the temporary file exists
-        checkpoints.atomic_write(str(path), object())
+        io.atomic_write(str(path), object())
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["result.json"]  # no temporary left

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import checkpoints, config as config_lib, train
+from awn_jax import checkpoints, config as config_lib, data, train
+from awn_jax.models import from_config
+from awn_jax.widths import step_widths
 from helpers import fake_split, load_config, tiny_config
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -45,7 +47,7 @@ def test_every_config_builds_and_trains_a_few_steps(name, tmp_path):
 def test_mbv2_cifar100_config_builds_a_100_class_model():
     config = load_config("mbv2_cifar100")
     config_lib.validate(config)
-    model = train.build_model(config, train.data.get_info(config.dataset).num_classes)
+    model = from_config(config, data.get_info(config.dataset).num_classes)
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))[0])
     assert out.shape == (2, 100)
 
@@ -99,9 +101,8 @@ def test_invalid_configs_are_rejected_naming_the_field(field, value, match):
 
 def test_sandwich_widths_can_be_drawn_on_a_grid():
     config = tiny_config(**{"widths.mode": "sandwich", "widths.grid_step": 0.05, "widths.num": 6})
-    trainer = train.Trainer(config, train.data.get_info(config.dataset), 3)
     for step in range(20):
-        widths = trainer.step_widths(step)
+        widths = step_widths(config, step)
         assert widths[0] == 1.0 and 0.25 in widths
         assert all(abs(w / 0.05 - round(w / 0.05)) < 1e-9 and 0.25 <= w <= 1.0 for w in widths)
     config.widths.grid_step = 1.5
@@ -134,23 +135,29 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
 DEVICES_SCRIPT = textwrap.dedent("""
     import os, sys, json
     sys.path.insert(0, os.path.join({repo!r}, "tests"))
+    import functools
     import jax, numpy as np
-    from awn_jax import train, data
+    from awn_jax import data, optim, sharding, steps, train
+    from awn_jax.models import from_config
     from helpers import fake_split, tiny_config
     assert len(jax.devices()) == 2, jax.devices()
     out = {{}}
     for variant in ("awn", "standard"):
         config = tiny_config(variant=variant, batch_size=16)
+        info = data.get_info(config.dataset)
+        model, tx = from_config(config, info.num_classes), optim.make_optimizer(config, 3)
         trainer_states = []
         for devices in (jax.devices()[:1], jax.devices()):
-            trainer = train.Trainer(config, data.get_info(config.dataset), 3, devices)
-            state = trainer.init_state()
+            mesh = sharding.data_mesh(devices, config.batch_size)
+            train_step = train.make_train_step(config, model, tx, info, mesh)
+            state = jax.jit(functools.partial(steps.create_state, model, tx, config.seed, info.image_shape),
+                            out_shardings=sharding.replicated(mesh))()
             split = fake_split(config.dataset, 48)
             losses = []
             for step, batch in data.train_batches(split, 16, config.seed):
                 if step == 3:
                     break
-                state, metrics, _ = trainer.train_step(state, batch, step)
+                state, metrics, _ = train_step(state, batch, step)
                 losses.append(np.asarray(metrics["loss"]).tolist())
             trainer_states.append((losses, state))
         (l1, s1), (l2, s2) = trainer_states
@@ -161,7 +168,7 @@ DEVICES_SCRIPT = textwrap.dedent("""
                               for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2))),
         }}
     try:
-        train.Trainer(tiny_config(batch_size=15), data.get_info("fashion_mnist"), 3)
+        sharding.data_mesh(jax.devices(), 15)
     except ValueError as e:
         out["indivisible"] = str(e)
     print(json.dumps(out))

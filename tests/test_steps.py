@@ -1,4 +1,5 @@
-"""The one-pass AWN step equals separate per-width passes: loss, gradients, BN statistics."""
+"""The pure steps: the one-pass AWN step equals separate per-width passes (loss, gradients, BN
+statistics), and the evaluation step counts what a plain forward pass predicts."""
 
 import functools
 
@@ -8,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from awn_jax import train_step
+from awn_jax import steps
 from awn_jax.models import LeNet3C1L, MobileNetV2
 from awn_jax.widths import sandwich_widths
 
@@ -18,30 +19,22 @@ def _setup(model, shape, seed=0):
     labels = jnp.asarray(np.random.default_rng(seed + 1).integers(0, 10, shape[0]), jnp.int32)
     variables = jax.jit(model.init)(jax.random.key(seed), x)
     tx = optax.sgd(0.1, momentum=0.9)
-    state = train_step.TrainState.create(variables["params"], variables["batch_stats"], tx)
+    state = steps.TrainState.create(variables["params"], variables["batch_stats"], tx)
     return x, labels, state, tx
 
 
 def _per_width(model, state, x, labels, widths, distill):
-    grads_sum, stats, teacher, losses = None, state.batch_stats, None, []
-    for j, w in enumerate(widths):
-        loss, grads, stats, logits = jax.jit(functools.partial(
-            train_step.per_width_grads, model=model, width=w, distill=distill))(
-            state.params, stats, x, labels, teacher)
-        if j == 0 and distill:
-            teacher = logits
-        grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
-        losses.append(loss)
-    return np.asarray(losses), grads_sum, stats
+    losses, grads, stats, _ = steps.sequential_grads(
+        state.params, state.batch_stats, x, labels, widths, distill=distill,
+        width_grads=lambda w: jax.jit(functools.partial(steps.per_width_grads, model=model, width=w, distill=distill)))
+    return np.asarray(losses), grads, stats
 
 
 def _one_pass(model, state, x, labels, widths, distill):
-    sizes = sorted({leaf.shape[0] for leaf in jax.tree.leaves(state.batch_stats)})
-    feature_size = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x[:1],
-                               method=model.features).shape[-1]
-    counts = train_step.channel_counts(widths, sizes)
-    grads_fn = functools.partial(train_step.one_pass_grads, model=model, trunk_width=max(widths),
-                                 feature_size=feature_size, momentum=model.bn_momentum, distill=distill)
+    sizes = steps.model_sizes(model, x.shape[1:])
+    counts = steps.channel_counts(widths, sizes.layers)
+    grads_fn = functools.partial(steps.one_pass_grads, model=model, trunk_width=max(widths),
+                                 feature_size=sizes.features, momentum=model.bn_momentum, distill=distill)
     losses, grads, stats, _ = jax.jit(grads_fn)(state.params, state.batch_stats, x, labels, counts)
     return np.asarray(losses), grads, stats
 
@@ -124,7 +117,51 @@ def test_bn_statistics_follow_the_number_of_passes_each_channel_was_in():
     np.testing.assert_allclose(got[22:], once["batch_stats"]["bn2"]["mean"][22:], rtol=1e-5, atol=1e-7)
 
 
-def test_channel_counts_use_the_exact_rule():
-    counts = train_step.channel_counts((1.0, 0.3, 0.5), [45, 32, 45])
+def test_channel_counts_use_the_reference_rule():
+    counts = steps.channel_counts((1.0, 0.3, 0.5), [45, 32, 45])
     assert set(counts) == {"32", "45"}
-    assert counts["45"].tolist() == [45, 13, 22] and counts["32"].tolist() == [32, 10, 16]
+    # round(0.3 * 45) in float64 is round(13.500000000000002) = 14, as in the reference code.
+    assert counts["45"].tolist() == [45, 14, 22] and counts["32"].tolist() == [32, 10, 16]
+
+
+def test_model_sizes_read_the_sliced_layers_and_the_final_map():
+    assert steps.model_sizes(LeNet3C1L(variant="awn"), (28, 28, 1)) == steps.ModelSizes((45,), 45)
+    assert steps.model_sizes(LeNet3C1L(variant="standard"), (28, 28, 1)) == steps.ModelSizes((32,), 32)
+
+
+@pytest.mark.parametrize("variant", ["awn", "usnet"])
+def test_eval_counts_equal_hits_counted_from_plain_forward_passes(variant):
+    model = LeNet3C1L(variant=variant)
+    x, labels, state, _ = _setup(model, (24, 28, 28, 1))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    mask = jnp.asarray([1.0] * 20 + [0.0] * 4)  # the last four are padding
+    widths = (1.0, 0.6, 0.25)
+    counts = np.asarray(jax.jit(functools.partial(steps.eval_counts, model=model, widths=widths,
+                                                  one_pass=False))(variables, x, labels, mask))
+    for row, w in zip(counts, widths):
+        logits = np.asarray(model.apply(variables, x, width=w))[:20]
+        top5 = np.argsort(-logits, axis=-1)[:, :5]
+        y = np.asarray(labels)[:20]
+        assert row.tolist() == [float(np.sum(top5[:, 0] == y)), float(np.sum(np.any(top5 == y[:, None], -1)))]
+    if variant == "awn":
+        one_pass = jax.jit(functools.partial(steps.eval_counts, model=model, widths=widths, one_pass=True))
+        np.testing.assert_array_equal(np.asarray(one_pass(variables, x, labels, mask)), counts)
+    else:
+        with pytest.raises(ValueError, match="prefix-invariant"):
+            steps.eval_counts(variables, x, labels, mask, model=model, widths=widths, one_pass=True)
+
+
+def test_per_width_step_applies_the_summed_gradients_once():
+    model = LeNet3C1L(variant="awn")
+    x, labels, state, tx = _setup(model, (16, 28, 28, 1))
+    widths = (1.0, 0.5)
+    width_grads = lambda w: functools.partial(steps.per_width_grads, model=model, width=w, distill=False)
+    new_state, metrics = steps.per_width_step(state, x, labels, widths, width_grads=width_grads, tx=tx,
+                                              distill=False)
+    losses, grads, stats, _ = steps.sequential_grads(state.params, state.batch_stats, x, labels, widths,
+                                                     width_grads=width_grads, distill=False)
+    expected = steps.apply_gradients(state, grads, stats, tx)
+    assert int(new_state.step) == 1
+    _assert_trees_close(new_state.params, expected.params, rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-6)
+    assert bool(metrics["finite"])

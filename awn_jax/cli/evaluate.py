@@ -1,0 +1,81 @@
+"""Sweep a workdir's checkpoint at every width, compare sweeps, or pick a width for a budget.
+
+    python -m awn_jax.evaluate --workdir=workdirs/awn
+    python -m awn_jax.evaluate --workdir=workdirs/usnet --calibration=10
+    python -m awn_jax.evaluate --compare=workdirs/awn,workdirs/snet --out=fig5.png
+    python -m awn_jax.evaluate --workdir=workdirs/awn --budget_macs=3e6   # widest width that fits
+
+For AWN the whole width-accuracy curve comes from one full-width trunk pass per
+batch plus one classifier head per width; --one_pass=false evaluates each width
+with its own program instead. Every width's program is compiled once; the
+persistent compilation cache makes a second sweep compile nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from absl import flags
+
+from awn_jax import io, report, sweep
+from awn_jax.cli import common
+
+PROG = "python -m awn_jax.evaluate"
+
+
+def define_flags() -> flags.FlagValues:
+    """The evaluation command's flags."""
+    fv = common.new_flags()
+    flags.DEFINE_string("workdir", None, "Training workdir to sweep.", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    flags.DEFINE_integer("calibration", 0, "US-Net: calibrate BatchNorm at this many widths (paper: 4, 10, 20).",
+                         flag_values=fv)
+    flags.DEFINE_enum("one_pass", "auto", ["auto", "true", "false"], "AWN one-pass sweep (auto: on for AWN).",
+                      flag_values=fv)
+    flags.DEFINE_integer("throughput_repeats", None, "Timed batches per width for images/s (0: skip).",
+                         flag_values=fv)
+    flags.DEFINE_integer("test_examples", None, "First N test images (0: all; default: as in training).",
+                         flag_values=fv)
+    flags.DEFINE_list("compare", None, "Comma-separated workdirs or sweep.json files to overlay.", flag_values=fv)
+    flags.DEFINE_string("out", None, "With --compare: write the overlay plot (PNG) here.", flag_values=fv)
+    flags.DEFINE_float("budget_macs", None, "Pick the widest width within this many MACs per image"
+                       " (reuses the saved sweep).", flag_values=fv)
+    flags.DEFINE_float("budget_ms", None, "Pick the widest width whose measured time per eval batch fits"
+                       " (reuses the saved sweep).", flag_values=fv)
+    return fv
+
+
+def main(fv: flags.FlagValues, args: list[str]) -> int:
+    """Compares sweeps, or sweeps a workdir (reusing a saved sweep for a budget) and picks a width."""
+    if fv.compare:
+        if fv.out:
+            io.check_output_file(fv.out, "--out")
+        print(report.compare(fv.compare, fv.out))
+        return 0
+    if not fv.workdir:
+        raise common.UsageError("give --workdir (or --compare).")
+    budget = fv.budget_macs is not None or fv.budget_ms is not None
+    saved = io.sweep_path(fv.workdir, fv.calibration)
+    if budget and fv.step is None and os.path.exists(saved):
+        result = report.load_result(saved)
+    else:
+        one_pass = {"auto": None, "true": True, "false": False}[fv.one_pass]
+        result = sweep.sweep(fv.workdir, step=fv.step, calibration=fv.calibration, one_pass=one_pass,
+                             throughput_repeats=fv.throughput_repeats, test_examples=fv.test_examples)
+        print(report.format_summary(result))
+        print(f"wrote {os.path.dirname(saved)}/sweep.json, sweep.csv, sweep.png")
+    if budget:
+        row = report.choose_width(result, budget_macs=fv.budget_macs, budget_ms=fv.budget_ms)
+        print(report.format_choice(result, row))
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the command on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return common.run(main, define_flags(), argv, PROG, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,57 @@
+"""Export a trained workdir's model at one width as a plain fixed-width Flax model.
+
+    python -m awn_jax.export --workdir=workdirs/awn --width=0.5 --out=exported/lenet_w050
+
+The result is an ordinary network of flax.linen Conv/BatchNorm/Dense layers with the
+masks folded and the channels sliced, saved as its own orbax checkpoint with a
+model.json beside it (awn_jax.export.load reads it back).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from absl import flags
+
+from awn_jax import costs, evaluation, export, io
+from awn_jax.cli import common
+from awn_jax.widths import validate_width
+
+PROG = "python -m awn_jax.export"
+
+
+def define_flags() -> flags.FlagValues:
+    """The export command's flags."""
+    fv = common.new_flags()
+    flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint).", flag_values=fv)
+    flags.DEFINE_float("width", None, "The width to export, in (0, 1].", flag_values=fv)
+    flags.DEFINE_string("out", None, "New directory for the exported model.", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    flags.mark_flags_as_required(["workdir", "width", "out"], flag_values=fv)
+    return fv
+
+
+def main(fv: flags.FlagValues, args: list[str]) -> int:
+    """Exports, saves and prints the sizes."""
+    validate_width(fv.width, "--width")
+    io.check_new_directory(fv.out, "--out")
+    run = evaluation.restore_run(fv.workdir, fv.step)
+    plain, variables = export.export(run.model, run.variables, run.info.image_shape, fv.width)
+    export.save(plain, variables, fv.out)
+    on_disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(fv.out) for f in fs)
+    print(f"exported {type(plain).__name__} at width {fv.width:g} (step {run.step}) to {fv.out}:"
+          f" {costs.model_size_bytes(variables) / 1024:.1f} KiB of variables, {on_disk / 1024:.1f} KiB on disk"
+          f" (the any-width model: {costs.model_size_bytes(run.variables) / 1024:.1f} KiB, checkpoint"
+          f" {run.checkpoint_bytes / 1024:.1f} KiB with optimizer state).")
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the command on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return common.run(main, define_flags(), argv, PROG, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,69 @@
+"""Train (resuming if the workdir holds checkpoints), then sweep every width.
+
+    python -m awn_jax.main --config=configs/lenet_fmnist.py --workdir=/tmp/awn
+    python -m awn_jax.main --config=configs/lenet_fmnist.py:smoke --workdir=/tmp/smoke
+    python -m awn_jax.main --config=configs/mbv2_cifar10.py --config.variant=usnet \\
+        --config.data.raw=/data/cifar-10-python.tar.gz --workdir=/tmp/mbv2
+
+Any config field can be overridden with --config.FIELD=VALUE; the common ones:
+
+    variant              awn | standard | snet | usnet
+    widths.mode          fixed (widths.fixed every step) | sandwich (widths.num widths in
+                         [widths.w_min, widths.w_max]: max, min and random ones)
+    num_epochs, batch_size, learning_rate, weight_decay, seed
+    data.raw             raw files (IDX directory, *-python.tar.gz); data_dir: TFDS directory
+    data.train_examples  train on the first N images (0: all); data.test_examples likewise
+    checkpoint_every_steps, keep_checkpoints, log_every_steps, eval_widths
+    sweep.after_training sweep every width when training ends (sweep.calibrations for US-Net)
+    distributed          multi-host: call jax.distributed.initialize()
+
+Every field, its default and its meaning: awn_jax/config.py (base_config). With a
+--config given, --helpfull lists every --config.FIELD flag. Re-running with the same
+--workdir resumes; SIGTERM or Ctrl-C saves a checkpoint and exits. Errors are reported
+in one line with exit status 2 (--debug: with the traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from awn_jax import report, sweep, train
+from awn_jax.cli import common
+
+PROG = "python -m awn_jax.main"
+
+
+def define_flags(argv: Sequence[str]) -> flags.FlagValues:
+    """The training command's flags (``argv`` tells config_flags which overrides to define)."""
+    fv = common.new_flags()
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), optionally with ':smoke'.",
+                                    flag_values=fv, lock_config=True, sys_argv=list(argv))
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, config.json, metrics and results.",
+                        flag_values=fv)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+    return fv
+
+
+def main(fv: flags.FlagValues, args: list[str]) -> int:
+    """Trains, then sweeps every width (each calibration, for US-Net) unless interrupted."""
+    config = fv.config
+    result = train.train_and_evaluate(config, fv.workdir)
+    if config.sweep.after_training and not result["interrupted"] and jax.process_index() == 0:
+        for num in config.sweep.calibrations if config.variant == "usnet" else (0,):
+            print(report.format_summary(sweep.sweep(fv.workdir, calibration=num)))
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the command on ``argv`` (default ``sys.argv``); returns the exit status."""
+    argv = list(sys.argv if argv is None else argv)
+    return common.run(main, define_flags(argv), argv, PROG, __doc__, errors=(train.TrainingError,))
+
+
+if __name__ == "__main__":
+    sys.exit(run())

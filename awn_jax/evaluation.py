@@ -1,0 +1,145 @@
+"""Restoring a run, and the one accuracy loop: top-1/top-5 at a set of widths, sharded over the mesh.
+
+Training evaluates through :func:`accuracies` after each epoch, and the sweep
+(``awn_jax.sweep``) at every width of a checkpoint; both run the same evaluation
+step (``awn_jax.steps.eval_counts``), so a width's accuracy during training is the
+sweep's at the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from awn_jax import checkpoints, data, io, optim, sharding, steps
+from awn_jax.config import validate
+from awn_jax.models import from_config
+
+__all__ = ["Run", "restore_run", "accuracies", "default_one_pass"]
+
+
+@dataclasses.dataclass
+class Run:
+    """A restored training run.
+
+    Attributes:
+      config: the config it was trained with (``config.json``).
+      model: its model.
+      variables: ``{"params", "batch_stats"}`` of the checkpoint.
+      step: the checkpoint's step.
+      info: the dataset's info.
+      checkpoint_bytes: the checkpoint's size on disk (optimizer state included).
+    """
+
+    config: ml_collections.ConfigDict
+    model: Any
+    variables: dict
+    step: int
+    info: data.DatasetInfo
+    checkpoint_bytes: int
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def restore_run(workdir: str, step: int | None = None) -> Run:
+    """Restores the latest (or ``step``'s) checkpoint of a workdir with the config saved beside it.
+
+    Raises:
+      CheckpointError: no workdir, config or checkpoint, or one that does not fit the model.
+    """
+    if not os.path.isdir(workdir):
+        raise checkpoints.CheckpointError(f"workdir {workdir} does not exist.")
+    config = checkpoints.load_config(workdir)
+    try:
+        validate(config)
+    except ValueError as e:
+        raise checkpoints.CheckpointError(f"{io.config_path(workdir)} is not a valid config: {e}") from None
+    info = data.get_info(config.dataset)
+    model = from_config(config, info.num_classes)
+    # The schedule does not shape the optimizer state; any steps_per_epoch restores it.
+    target = steps.abstract_state(model, optim.make_optimizer(config, 1), info.image_shape,
+                                  sharding.replicated(sharding.data_mesh(jax.devices()[:1])))
+    ckpt = checkpoints.Checkpointer(workdir)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise checkpoints.CheckpointError(
+                f"no checkpoint in {ckpt.directory}: train first (python -m awn_jax.main ...)."
+            )
+        if step not in ckpt.manager.all_steps():
+            raise checkpoints.CheckpointError(
+                f"no checkpoint for step {step} in {ckpt.directory}; have {ckpt.manager.all_steps()}."
+            )
+        state = ckpt.restore(target, step)
+    finally:
+        ckpt.close()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return Run(config, model, variables, int(step), info,
+               _dir_bytes(os.path.join(ckpt.directory, str(step))))
+
+
+def default_one_pass(model: Any) -> bool:
+    """Whether evaluation runs one trunk pass for all widths: exactly for AWN (prefix-invariant)."""
+    return model.variant == "awn"
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _prepare(images: jax.Array, info: data.DatasetInfo) -> jax.Array:
+    return data.preprocess(images, info)
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_program(model: Any, widths: tuple[float, ...], one_pass: bool):
+    return jax.jit(functools.partial(steps.eval_counts, model=model, widths=widths, one_pass=one_pass))
+
+
+def accuracies(
+    model: Any,
+    variables: dict,
+    split: data.Split,
+    info: data.DatasetInfo,
+    widths: Sequence[float],
+    batch_size: int,
+    *,
+    one_pass: bool | None = None,
+    mesh: Any = None,
+) -> dict[float, tuple[float, float]]:
+    """Top-1 and top-5 accuracy on ``split`` at each width.
+
+    Args:
+      model: the model.
+      variables: its variables.
+      split: the examples (all of them are evaluated; the last batch is padded and masked).
+      info: the dataset's info (normalisation).
+      widths: the widths.
+      batch_size: global examples per batch; rounded up to a multiple of the device count.
+      one_pass: one trunk pass for all widths (default: :func:`default_one_pass`);
+        otherwise one compiled program per width.
+      mesh: the device mesh to shard batches over (default: one device).
+
+    Returns:
+      ``{width: (top1, top5)}``.
+    """
+    mesh = mesh if mesh is not None else sharding.data_mesh(jax.devices()[:1])
+    one_pass = default_one_pass(model) if one_pass is None else one_pass
+    widths = tuple(widths)
+    groups = [widths] if one_pass else [(w,) for w in widths]
+    batch_size += -batch_size % mesh.devices.size
+    variables = jax.device_put(variables, sharding.replicated(mesh))
+    batched = sharding.batch_sharded(mesh)
+    totals = None
+    for batch in data.eval_batches(split, batch_size):
+        arrays = jax.device_put(batch, batched)
+        images = _prepare(arrays["image"], info)
+        hits = [_eval_program(model, group, one_pass)(variables, images, arrays["label"], arrays["mask"])
+                for group in groups]
+        totals = hits if totals is None else [t + h for t, h in zip(totals, hits)]
+    rows = [row for group in jax.device_get(totals) for row in group]
+    return {w: (float(top1) / len(split), float(top5) / len(split)) for w, (top1, top5) in zip(widths, rows)}

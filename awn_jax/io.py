@@ -1,0 +1,290 @@
+"""Small file helpers shared by the library and the experiments: atomic writes and the workdir layout.
+
+A training workdir holds::
+
+    .lock                  held (flock) by the process training or sweeping into it; see lock_workdir
+    config.json            the run's config (checkpoints.save_config)
+    checkpoints/<step>/    orbax checkpoints of the train state
+    metrics.jsonl          one JSON record per log step, eval and final result
+    tensorboard/           event files
+    eval/                  the sweep at the shared statistics: sweep.{json,csv,png}
+    eval_calibrated_<N>w/  US-Net's sweep after calibrating BatchNorm at N widths
+    calibration/<N>w/      those calibrated statistics
+
+Every module and experiment names these places through the functions below.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+
+__all__ = [
+    "WorkdirBusyError",
+    "WorkdirLock",
+    "lock_workdir",
+    "lock_path",
+    "check_workdir_free",
+    "atomic_write",
+    "config_path",
+    "checkpoints_dir",
+    "metrics_path",
+    "tensorboard_dir",
+    "eval_dir",
+    "sweep_path",
+    "calibration_dir",
+    "check_output_file",
+    "check_new_directory",
+]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def atomic_write(path: str, content: str | bytes) -> None:
+    """Writes ``content`` (text or bytes) to ``path`` through a temporary file and a rename.
+
+    A reader sees the old file or the new one, never a part of either.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
+        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def config_path(workdir: str) -> str:
+    """``<workdir>/config.json``."""
+    return os.path.join(workdir, "config.json")
+
+
+def checkpoints_dir(workdir: str) -> str:
+    """``<workdir>/checkpoints`` (absolute: orbax needs it)."""
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def metrics_path(workdir: str) -> str:
+    """``<workdir>/metrics.jsonl``."""
+    return os.path.join(workdir, "metrics.jsonl")
+
+
+def tensorboard_dir(workdir: str) -> str:
+    """``<workdir>/tensorboard``."""
+    return os.path.join(workdir, "tensorboard")
+
+
+def eval_dir(workdir: str, calibration: int = 0) -> str:
+    """Where a sweep's files go: ``eval`` or, for US-Net calibrated at N widths, ``eval_calibrated_<N>w``."""
+    return os.path.join(workdir, "eval" if not calibration else f"eval_calibrated_{calibration}w")
+
+
+def sweep_path(workdir: str, calibration: int = 0) -> str:
+    """The sweep's ``sweep.json``."""
+    return os.path.join(eval_dir(workdir, calibration), "sweep.json")
+
+
+def calibration_dir(workdir: str, num: int) -> str:
+    """US-Net's statistics calibrated at ``num`` widths (absolute: orbax needs it)."""
+    return os.path.join(os.path.abspath(workdir), "calibration", f"{num}w")
+
+
+def check_output_file(path: str, what: str) -> None:
+    """Refuses, before any work, an output file path that cannot be written.
+
+    Raises:
+      ValueError: ``path`` is a directory, or its directory does not exist or is a file.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a directory; name a file, e.g. {os.path.join(path, 'plot.png')}.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        problem = "is a file" if os.path.exists(parent) else "does not exist"
+        raise ValueError(f"{what} {path}: its directory {parent} {problem}; create the directory or choose"
+                         " another path.")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{what} {path}: its directory {parent} is not writable; choose another path.")
+
+
+def check_new_directory(path: str, what: str) -> None:
+    """Refuses, before any work, a path that cannot become a new directory.
+
+    Raises:
+      ValueError: ``path`` is a file or a non-empty directory, or lies under a file or an
+        unwritable directory.
+    """
+    if os.path.isfile(path):
+        raise ValueError(f"{what} {path} is a file; name a new directory.")
+    if os.path.isdir(path):
+        if os.listdir(path):
+            raise ValueError(f"{what} {path} exists and is not empty; name a new directory.")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what} {path} lies under {parent}, which is a file; name a new directory elsewhere.")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{what} {path}: {parent} is not writable; name a directory in a writable place.")
+
+
+# ----------------------------------------------------------------------------- the workdir lock
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another live process holds the workdir's lock; the message is one line naming it and the fix."""
+
+
+def lock_path(workdir: str) -> str:
+    """``<workdir>/.lock``."""
+    return os.path.join(workdir, ".lock")
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"process {int(info['pid'])} on host {info['host']} since {info['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _read_holder(fd: int) -> str:
+    # The holder writes its details just after taking the lock: give it a moment.
+    for _ in range(20):
+        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if text:
+            return _describe_holder(text)
+        time.sleep(0.01)
+    return "another process"
+
+
+def _busy(workdir: str, holder: str) -> WorkdirBusyError:
+    return WorkdirBusyError(
+        f"workdir {workdir} is in use by {holder} (another training or sweep of it is"
+        " running); wait for it to finish or stop it, or use another --workdir."
+    )
+
+
+def check_workdir_free(workdir: str) -> None:
+    """Refuses a workdir that a live process holds, writing nothing (for checks before the lock).
+
+    Raises:
+      WorkdirBusyError: a live process holds its lock.
+    """
+    try:
+        fd = os.open(lock_path(workdir), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no lock file (or no workdir): nobody holds it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise _busy(workdir, _read_holder(fd)) from None
+    finally:
+        os.close(fd)  # also releases the probe's lock
+
+
+class WorkdirLock:
+    """An exclusive, non-blocking lock on a workdir: ``fcntl.flock`` on ``<workdir>/.lock``.
+
+    Only processes that write a run (training, a sweep into it) take it; readers, such
+    as the evaluation of a finished run, never need it. The lock belongs to the open
+    file, so the kernel releases it when the holder exits in any way, ``SIGKILL``
+    included: a lock left by a dead process is taken over by the next start, with no
+    clean-up. (Children forked without ``exec`` share the open file and keep the lock
+    while they live.) The file stays after release, holding the last holder's details;
+    its presence means nothing, only the flock does. Within one process, a second
+    ``WorkdirLock`` on the same workdir is refused too. A lock that is never released
+    is held until the process exits.
+
+    The holder's pid, host and start time are written into the file, for the message
+    of a refused start.
+
+    Use ``with lock_workdir(workdir): ...`` or ``acquire()`` / ``release()``.
+    """
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = lock_path(workdir)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._fd is not None
+
+    def acquire(self) -> "WorkdirLock":
+        """Takes the lock, creating the workdir if need be.
+
+        Raises:
+          WorkdirBusyError: another live process (or another lock object) holds it.
+        """
+        if self._fd is not None:
+            return self
+        os.makedirs(self.workdir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise _busy(self.workdir, holder) from None
+        try:
+            since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (info + "\n").encode(), 0)
+        except BaseException:
+            os.close(fd)  # releases the lock
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Releases the lock (a no-op when not held). The file stays: removing it would race."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def lock_workdir(workdir: str) -> WorkdirLock:
+    """Takes ``workdir``'s lock now and returns it; ``with lock_workdir(w): ...`` releases it on exit.
+
+    Raises:
+      WorkdirBusyError: a live process already holds it (a dead holder's lock is free).
+    """
+    return WorkdirLock(workdir).acquire()

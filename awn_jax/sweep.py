@@ -1,0 +1,165 @@
+"""The width sweep: a checkpoint evaluated at every width, with costs and speed, written as files.
+
+For AWN the whole width-accuracy curve comes from one full-width trunk pass per
+batch plus one classifier head per width (hidden features at a narrower width are
+channel prefixes of the full pass); ``one_pass=False`` evaluates each width with
+its own program instead (the two agree: tests/test_evaluate.py). Every width's
+program is compiled once; the persistent compilation cache makes a second sweep
+compile nothing.
+
+Files: ``<workdir>/eval/sweep.{json,csv,png}`` (``eval_calibrated_<N>w/`` for US-Net
+calibrated at N widths), each written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from io import StringIO
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from awn_jax import calibration, compilation, costs, data, evaluation, io, report, steps
+from awn_jax.models import channel_sizes
+from awn_jax.widths import calibration_widths, is_reference_width, num_channels, smallest_trained_width, sweep_widths
+
+__all__ = ["sweep", "calibrated_variables", "throughput", "write_outputs"]
+
+
+def throughput(model: Any, variables: dict, info: data.DatasetInfo, widths: Sequence[float],
+               batch_size: int, repeats: int) -> dict[float, float | None]:
+    """Inference images/s at each width: the median of ``repeats`` timed batches after a warm-up.
+
+    Returns None per width when ``repeats`` is 0.
+    """
+    if repeats <= 0:
+        return {w: None for w in widths}
+    x = jnp.zeros((batch_size, *info.image_shape), jnp.float32)
+    out = {}
+    for w in widths:
+        forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
+        forward(variables, x).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            forward(variables, x).block_until_ready()
+            times.append(time.perf_counter() - start)
+        out[w] = batch_size / float(np.median(times))
+    return out
+
+
+def calibrated_variables(run: evaluation.Run, num: int, train_split: data.Split | None,
+                         workdir: str) -> tuple[Any, dict]:
+    """US-Net's model and variables calibrated at ``num`` widths: loaded if stored for this step,
+    else computed from ``config.sweep.calibration_batches`` training batches and stored."""
+    c = run.config
+    widths = calibration_widths(num, smallest_trained_width(c))
+    model = run.model.clone(bn_widths=widths)
+    sample = jnp.zeros((1, *run.info.image_shape), jnp.float32)
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), sample))["batch_stats"]
+    stored = calibration.load_calibration(workdir, num, run.step, widths, target)
+    if stored is not None:
+        return model, {"params": run.variables["params"], "batch_stats": stored}
+    if train_split is None:
+        train_split = data.load_data(c)[0]
+    batches = []
+    for step, batch in data.train_batches(train_split, c.batch_size, c.seed):
+        if step >= c.sweep.calibration_batches:
+            break
+        rng = jax.random.fold_in(jax.random.key(c.seed), step)
+        batches.append(data.preprocess(jnp.asarray(batch["image"]), run.info, rng))
+    variables = calibration.calibrate(model, run.variables["params"], run.variables["batch_stats"],
+                                      batches, widths)
+    calibration.save_calibration(workdir, num, widths, run.step, variables["batch_stats"])
+    return model, variables
+
+
+def sweep(
+    workdir: str,
+    *,
+    step: int | None = None,
+    calibration: int = 0,
+    one_pass: bool | None = None,
+    throughput_repeats: int | None = None,
+    splits: tuple[data.Split, data.Split] | None = None,
+    test_examples: int | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluates a run at every sweep width and writes ``<workdir>/eval*/sweep.{json,csv,png}``.
+
+    Args:
+      workdir: a training workdir.
+      step: checkpoint step (default: the latest).
+      calibration: US-Net only: calibrate BatchNorm at this many widths first
+        (0: the shared training statistics).
+      one_pass: AWN's one-pass sweep (default: on for AWN).
+      throughput_repeats: timed batches per width (default ``config.sweep.throughput_repeats``).
+      splits: in-memory ``(train, test)`` splits instead of loading the dataset.
+      test_examples: evaluate the first N test images (0: all; default: the run's config).
+      write: write the result files.
+
+    Returns:
+      ``{"summary": {...}, "rows": [...]}`` as written to ``sweep.json``.
+    """
+    start = time.perf_counter()
+    with compilation.count_compilations() as compiled:
+        run = evaluation.restore_run(workdir, step)
+        c = run.config
+        if calibration and c.variant != "usnet":
+            raise ValueError(f"--calibration is for US-Net; this run is {c.variant!r}.")
+        if splits is None and test_examples is not None:
+            c.data.test_examples = test_examples
+        train_split, test_split = splits if splits is not None else (None, data.load_data(c)[1])
+        model, variables = run.model, run.variables
+        if calibration:
+            model, variables = calibrated_variables(run, calibration, train_split, workdir)
+        widths = sweep_widths(c, channel_sizes(run.variables["params"]))
+        use_one_pass = evaluation.default_one_pass(model) if one_pass is None else one_pass
+        eval_start = time.perf_counter()
+        acc = evaluation.accuracies(model, variables, test_split, run.info, widths, c.eval_batch_size,
+                                    one_pass=use_one_pass)
+        accuracy_seconds = time.perf_counter() - eval_start
+        repeats = c.sweep.throughput_repeats if throughput_repeats is None else throughput_repeats
+        speed = throughput(model, variables, run.info, widths, c.eval_batch_size, repeats)
+        width_costs = costs.width_costs(model, variables, run.info.image_shape, widths)
+        feature_size = steps.model_sizes(model, run.info.image_shape).features
+    rows = [
+        {"width": w, "channels": num_channels(w, feature_size), "top1": acc[w][0], "top5": acc[w][1],
+         "params": wc.params, "macs": wc.macs, "images_per_second": speed[w],
+         "batch_ms": None if speed[w] is None else 1000 * c.eval_batch_size / speed[w],
+         "reference_width": is_reference_width(w)}
+        for w, wc in zip(widths, width_costs)
+    ]
+    tops = [r["top1"] for r in rows]
+    summary = {
+        "workdir": os.path.abspath(workdir), "model": c.model, "variant": c.variant,
+        "dataset": c.dataset, "step": run.step, "calibrated_widths": calibration,
+        "num_widths": len(rows), "test_examples": len(test_split), "eval_batch_size": c.eval_batch_size,
+        "auc_trapezoid": report.auc_trapezoid(widths, tops),
+        "auc_reference_mean": report.auc_reference_mean(widths, tops),
+        "one_pass": use_one_pass, "model_bytes": costs.model_size_bytes(variables),
+        "checkpoint_bytes_on_disk": run.checkpoint_bytes, "accuracy_seconds": accuracy_seconds,
+        "sweep_seconds": time.perf_counter() - start, "programs_compiled": compiled.compiled,
+        "programs_from_cache": compiled.from_cache,
+    }
+    result = {"summary": summary, "rows": rows}
+    if write:
+        write_outputs(io.eval_dir(workdir, calibration), result)
+    return result
+
+
+def write_outputs(directory: str, result: dict) -> None:
+    """``sweep.csv``, ``sweep.png`` and ``sweep.json`` (last: readers look for it), each atomically."""
+    os.makedirs(directory, exist_ok=True)
+    text = StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(result["rows"][0]))
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    io.atomic_write(os.path.join(directory, "sweep.csv"), text.getvalue())
+    io.atomic_write(os.path.join(directory, "sweep.png"), report.plot([result], two_panels=True))
+    io.atomic_write(os.path.join(directory, "sweep.json"), json.dumps(result, indent=1))
