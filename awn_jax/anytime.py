@@ -12,10 +12,12 @@ and the classifier's logits grow by the new inputs' contribution::
 
 Works for any Flax model built from this library's triangular layers, depthwise
 convs and :class:`~awn_jax.layers.PrefixBatchNorm` (LeNet-3C1L, MobileNetV2 and
-one's own), in eval mode. Flax's method interception reroutes each layer call to
-its ``new_from=`` form and joins the result to the cached channels; the model's
-code is unchanged. Element-wise steps between layers (ReLU, pooling, residual
-additions) run on the whole widened map: they cost no multiply-accumulates.
+one's own), in eval mode. Flax's method interception reroutes each call of a
+layer that has a ``widen`` method (the :class:`~awn_jax.layers.Widenable`
+protocol) to ``layer.widen(cached_output, *call_args, new_from=cache.width)``,
+which computes only the new channels and joins them to the cached ones; the
+model's code is unchanged. Element-wise steps between layers (ReLU, pooling,
+residual additions) run on the whole widened map: they cost no multiply-accumulates.
 
 S-Net, US-Net and standard-BN models are refused: their existing channels change
 with width (sliced layers read new inputs; their BatchNorms switch statistics).
@@ -32,12 +34,10 @@ import jax
 import jax.numpy as jnp
 
 from awn_jax import costs, layers
-from awn_jax.widths import num_channels, validate_width
+from awn_jax.widths import validate_width
 
 __all__ = ["Cache", "run", "widen", "widening_macs"]
 
-# Layers whose channel ranges are independent of each other's widths.
-_WIDENABLE = (layers.SlicedConv, layers.SlicedDense, layers.DepthwiseConv, layers.PrefixBatchNorm)
 _REFUSED = (layers.SwitchableBatchNorm, layers.CalibratedBatchNorm)
 
 
@@ -81,7 +81,7 @@ def _is_width_layer(context) -> bool:
             " width, so a channel's value changes with the width: anytime widening needs"
             " PrefixBatchNorm with triangular layers (an AWN)."
         )
-    return isinstance(context.module, _WIDENABLE)
+    return callable(getattr(type(context.module), "widen", None))
 
 
 def _apply(model, variables, images, width, interceptor, method):
@@ -149,19 +149,8 @@ def widen(model: nn.Module, variables: Any, images: jax.Array, cache: Cache, wid
         key = _layer_key(context.module, counts)
         if key not in cache.outputs:
             raise ValueError(f"the cache holds no output of layer {key}: was it made by run() on this model?")
-        old = cache.outputs[key]
-        module = context.module
-        fixed_output = getattr(module, "fixed_output", False)
-        full = module.in_features if fixed_output else module.features
-        unchanged = num_channels(cache.width, full) == num_channels(width, full)
-        if unchanged:
-            new = old
-        elif fixed_output:
-            new = old + next_fun(*args, **kwargs, new_from=cache.width)
-        else:
-            new = jnp.concatenate([old, next_fun(*args, **kwargs, new_from=cache.width)], axis=-1)
-        outputs[key] = new
-        return new
+        outputs[key] = context.module.widen(cache.outputs[key], *args, new_from=cache.width, **kwargs)
+        return outputs[key]
 
     out, macs = _apply(model, variables, images, width, grow, method)
     return out, Cache(width, outputs, cache.macs + macs)

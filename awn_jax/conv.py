@@ -1,4 +1,4 @@
-"""2-D convolution (NHWC/HWIO), optionally split over the batch.
+"""2-D convolution (NHWC/HWIO) and its lowerings: one call, optionally split over the batch.
 
 On XLA's CPU backend a convolution whose output is materialised (as training
 needs, for BatchNorm statistics and the backward pass) runs through an im2col
@@ -7,29 +7,46 @@ batch 128 it is 119 MB per call. Splitting the batch into chunks of a few images
 keeps that temporary in cache and made the LeNet AWN train step 1.4x faster;
 inference, whose convolutions XLA fuses with their consumers, is faster unsplit
 (docs/PERFORMANCE_NOTES.md). The split computes the same function.
+
+A model takes its lowering as one field (``conv_lowering``, passed to every conv
+layer), and :func:`training_lowering` is the one place that picks it per platform::
+
+    train_model = model.clone(conv_lowering=conv.training_lowering())
+
+The variables are the same; only the programs differ. A lowering is a Flax module
+field, so it is hashable by value (Flax modules are static arguments of ``jit``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Any, Protocol, Sequence
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv2d"]
+__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "training_lowering"]
 
 Array = Any
+Padding = str | Sequence[tuple[int, int]]
+
+
+class ConvLowering(Protocol):
+    """A function computing :func:`conv2d`, possibly as a different program."""
+
+    def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                 padding: Padding = "VALID", groups: int = 1) -> Array: ...
 
 
 def conv2d(
     x: Array,
     kernel: Array,
     strides: Sequence[int] = (1, 1),
-    padding: str | Sequence[tuple[int, int]] = "VALID",
+    padding: Padding = "VALID",
     groups: int = 1,
-    batch_chunk: int | None = None,
 ) -> Array:
-    """NHWC convolution with an HWIO kernel.
+    """NHWC convolution with an HWIO kernel, in one call (the default lowering).
 
     Args:
       x: input ``(N, H, W, C)``.
@@ -37,17 +54,48 @@ def conv2d(
       strides: window strides.
       padding: ``'SAME'``, ``'VALID'`` or explicit ``((top, bottom), (left, right))``.
       groups: feature groups (the channel count for depthwise convs).
-      batch_chunk: convolve ``batch_chunk`` images at a time (``None``: all at once);
-        ignored when it does not divide the batch.
-    """
-    def conv(inputs):
-        return lax.conv_general_dilated(
-            inputs, kernel, window_strides=tuple(strides),
-            padding=padding if isinstance(padding, str) else [tuple(p) for p in padding],
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-        )
 
-    n = x.shape[0]
-    if not batch_chunk or batch_chunk >= n or n % batch_chunk:
-        return conv(x)
-    return jnp.concatenate([conv(part) for part in jnp.split(x, n // batch_chunk)])
+    Returns:
+      The output ``(N, H', W', O)``.
+    """
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=tuple(strides),
+        padding=padding if isinstance(padding, str) else [tuple(p) for p in padding],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSplitConv:
+    """:func:`conv2d` computed ``chunk`` images at a time (same function, another program).
+
+    A batch that ``chunk`` does not divide, or no larger than ``chunk``, is convolved
+    in one call.
+
+    Attributes:
+      chunk: images per convolution call, a positive int.
+    """
+
+    chunk: int
+
+    def __post_init__(self):
+        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
+            raise ValueError(f"BatchSplitConv needs a positive int chunk, got {self.chunk!r}.")
+
+    def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                 padding: Padding = "VALID", groups: int = 1) -> Array:
+        n = x.shape[0]
+        if self.chunk >= n or n % self.chunk:
+            return conv2d(x, kernel, strides, padding, groups)
+        parts = jnp.split(x, n // self.chunk)
+        return jnp.concatenate([conv2d(part, kernel, strides, padding, groups) for part in parts])
+
+
+def training_lowering(backend: str | None = None) -> ConvLowering:
+    """The conv lowering for training programs on ``backend`` (default: JAX's default backend).
+
+    ``BatchSplitConv(8)`` on ``'cpu'`` (measured fastest, docs/PERFORMANCE_NOTES.md),
+    :func:`conv2d` elsewhere. Inference keeps :func:`conv2d` on every platform.
+    """
+    backend = jax.default_backend() if backend is None else backend
+    return BatchSplitConv(8) if backend == "cpu" else conv2d

@@ -32,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "DATASETS",
+    "IDX_FILES",
     "DatasetInfo",
     "DataError",
     "Split",
@@ -95,7 +96,8 @@ DATASETS = {
     ),
 }
 
-_IDX_FILES = {
+# The official Fashion-MNIST (MNIST-format) file names of each split: (images, labels).
+IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
@@ -149,7 +151,7 @@ def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
 
 
 def _read_fashion_mnist(raw: str, split: str) -> Split:
-    image_file, label_file = (os.path.join(raw, f) for f in _IDX_FILES[split])
+    image_file, label_file = (os.path.join(raw, f) for f in IDX_FILES[split])
     images = _read_idx(image_file, 2051, 3)[..., None]
     labels = _read_idx(label_file, 2049, 1).astype(np.int32)
     if len(images) != len(labels):
@@ -188,7 +190,7 @@ def _raw_available(info: DatasetInfo, raw: str | None) -> bool:
     if path is None:
         return False
     if info.name == "fashion_mnist":
-        return all(os.path.exists(os.path.join(path, f)) for pair in _IDX_FILES.values() for f in pair)
+        return all(os.path.exists(os.path.join(path, f)) for pair in IDX_FILES.values() for f in pair)
     return os.path.isfile(path)
 
 

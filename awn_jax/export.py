@@ -4,7 +4,8 @@ The any-width model stores full-width parameters and slices (and, for AWN, masks
 them at every call. A deployment that needs one width wants none of that: this
 module runs the model once at width ``w``, collects the arrays each layer actually
 used (the ``effective`` collection: masks folded into the kernels, channels
-sliced, BatchNorm statistics of that width), and loads them into an ordinary
+sliced, BatchNorm statistics of that width), and loads them into the same model
+built with the ``plain`` variant (``awn_jax.models.common.PlainSpec``): an ordinary
 network of ``flax.linen.Conv``/``BatchNorm``/``Dense`` layers with those channel
 counts::
 
@@ -29,104 +30,16 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from awn_jax import checkpoints
-from awn_jax.models import LeNet3C1L, MobileNetV2
-from awn_jax.models.lenet import max_pool_2x2
+from awn_jax import checkpoints, io
+from awn_jax.conv import conv2d
+from awn_jax.models import MODELS, PLAIN, variant_spec
+from awn_jax.widths import validate_width
 
-__all__ = ["PlainLeNet3C1L", "PlainMobileNetV2", "BlockShape", "export", "save", "load"]
+__all__ = ["export", "save", "load"]
 
-_BN = dict(use_running_average=True, momentum=0.9, epsilon=1e-5)
-
-
-class PlainLeNet3C1L(nn.Module):
-    """LeNet-3C1L with ``channels`` in every conv, from stock Flax layers."""
-
-    channels: int
-    num_classes: int = 10
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for i, k in enumerate((3, 3, 5), start=1):
-            x = nn.Conv(self.channels, (k, k), padding="VALID", name=f"conv{i}")(x)
-            x = nn.relu(nn.BatchNorm(**_BN, name=f"bn{i}")(x))
-            if i > 1:
-                x = max_pool_2x2(x)
-        return nn.Dense(self.num_classes, name="classifier")(x.reshape(x.shape[0], -1))
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockShape:
-    """One inverted residual block of a fixed width."""
-
-    hidden: int
-    features: int
-    strides: int
-    expand: bool
-    residual: bool
-
-
-class _PlainInvertedResidual(nn.Module):
-    shape: BlockShape
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.shape
-        y = x
-        if s.expand:
-            y = nn.relu6(nn.BatchNorm(**_BN, name="expand_bn")(
-                nn.Conv(s.hidden, (1, 1), use_bias=False, name="expand")(y)))
-        y = nn.Conv(s.hidden, (3, 3), s.strides, padding="SAME", feature_group_count=s.hidden,
-                    use_bias=False, name="depthwise")(y)
-        y = nn.relu6(nn.BatchNorm(**_BN, name="depthwise_bn")(y))
-        y = nn.BatchNorm(**_BN, name="project_bn")(nn.Conv(s.features, (1, 1), use_bias=False, name="project")(y))
-        return y + x if s.residual else y
-
-
-class PlainMobileNetV2(nn.Module):
-    """MobileNetV2 (CIFAR layout) with fixed channel counts, from stock Flax layers."""
-
-    stem: int
-    blocks: Sequence[BlockShape]
-    head: int
-    num_classes: int = 10
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Conv(self.stem, (3, 3), padding="SAME", use_bias=False, name="stem")(x)
-        x = nn.relu6(nn.BatchNorm(**_BN, name="stem_bn")(x))
-        for i, shape in enumerate(self.blocks):
-            x = _PlainInvertedResidual(shape, name=f"blocks_{i}")(x)
-        x = nn.Conv(self.head, (1, 1), use_bias=False, name="head")(x)
-        x = nn.relu6(nn.BatchNorm(**_BN, name="head_bn")(x))
-        return nn.Dense(self.num_classes, name="classifier")(jnp.mean(x, axis=(1, 2)))
-
-
-def _effective(tree: dict, *path: str) -> dict:
-    for name in path:
-        tree = tree[name]
-    return tree["arrays"][0]
-
-
-def _plain_lenet(bound: LeNet3C1L, effective: dict) -> nn.Module:
-    return PlainLeNet3C1L(_effective(effective, "conv1")["kernel"].shape[-1], bound.num_classes)
-
-
-def _plain_mobilenet(bound: MobileNetV2, effective: dict) -> nn.Module:
-    shapes = []
-    for i, block in enumerate(bound.blocks):
-        name = f"blocks_{i}"
-        shapes.append(BlockShape(
-            hidden=_effective(effective, name, "depthwise")["kernel"].shape[-1],
-            features=_effective(effective, name, "project")["kernel"].shape[-1],
-            strides=block.strides, expand=block.expansion != 1,
-            residual=block.strides == 1 and block.in_features == block.features,
-        ))
-    return PlainMobileNetV2(_effective(effective, "stem")["kernel"].shape[-1], tuple(shapes),
-                            _effective(effective, "head")["kernel"].shape[-1], bound.num_classes)
-
-
-_BUILDERS = {LeNet3C1L: _plain_lenet, MobileNetV2: _plain_mobilenet}
-_PLAIN = {"PlainLeNet3C1L": PlainLeNet3C1L, "PlainMobileNetV2": PlainMobileNetV2}
+_CLASSES = {cls.__name__: cls for cls in MODELS.values()}
+# Program choices, not part of the exported model.
+_UNSAVED = ("parent", "name", "conv_lowering")
 
 
 def _fill(target: Any, effective: dict) -> dict:
@@ -156,6 +69,9 @@ def _fill(target: Any, effective: dict) -> dict:
                 walk(sub, (*path, key))
 
     walk(effective, ())
+    if jax.tree.structure(variables) != jax.tree.structure(dict(target)):
+        raise ValueError("the plain model's variables do not match the arrays the model used;"
+                         " was it built from the same fields?")
     return variables
 
 
@@ -164,27 +80,44 @@ def export(model: nn.Module, variables: Any, image_shape: Sequence[int], width: 
 
     Args:
       model: a :class:`~awn_jax.models.LeNet3C1L` or :class:`~awn_jax.models.MobileNetV2`
-        of any variant.
+        of any trainable variant.
       variables: its variables (US-Net: calibrated statistics if it has them).
       image_shape: one input's shape, e.g. ``(28, 28, 1)``.
       width: the width to export.
 
     Returns:
-      ``(plain_model, plain_variables)``; ``plain_model.apply(plain_variables, x)``
-      equals ``model.apply(variables, x, width=width)`` in eval mode.
+      ``(plain_model, plain_variables)``: the same model class with variant ``plain``
+      at ``width``; ``plain_model.apply(plain_variables, x)`` equals
+      ``model.apply(variables, x, width=width)`` in eval mode.
     """
-    builder = _BUILDERS.get(type(model))
-    if builder is None:
+    if type(model) not in MODELS.values():
         raise ValueError(
-            f"export knows LeNet3C1L and MobileNetV2, not {type(model).__name__}; for one's own"
+            f"export knows {', '.join(_CLASSES)}, not {type(model).__name__}; for one's own"
             " model, apply it with mutable=['effective'] and load those arrays into a plain twin."
         )
+    if model.variant == PLAIN:
+        raise ValueError(f"this {type(model).__name__} is already a plain model (width {model.plain_width}).")
+    width = validate_width(width)
+    spec = variant_spec(model.variant, model.width_multiplier, model.bn_widths)
+    plain = model.clone(variant=PLAIN, width_multiplier=spec.multiplier, bn_widths=None, plain_width=width,
+                        conv_lowering=conv2d)
     x = jnp.zeros((1, *image_shape), jnp.float32)
     _, state = model.apply(variables, x, width=width, mutable=["effective"])
     effective = jax.device_get(state["effective"])
-    plain = builder(model.bind(variables), effective)
     target = jax.eval_shape(plain.init, jax.random.key(0), x)
     return plain, _fill(target, effective)
+
+
+def _fields(model: nn.Module) -> dict[str, Any]:
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in _UNSAVED}
+    if fields.get("dtype") is not None:
+        fields["dtype"] = jnp.dtype(fields["dtype"]).name
+    return fields
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the model fields were (hashable, as Flax needs)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def save(model: nn.Module, variables: dict, directory: str) -> None:
@@ -196,13 +129,10 @@ def save(model: nn.Module, variables: dict, directory: str) -> None:
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and os.listdir(directory):
         raise ValueError(f"{directory} exists and is not empty; export to a new directory.")
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
-    if "blocks" in fields:
-        fields["blocks"] = [dataclasses.asdict(b) for b in fields["blocks"]]
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(os.path.join(directory, "variables"), variables)
-    checkpoints.atomic_write(os.path.join(directory, "model.json"),
-                             json.dumps({"class": type(model).__name__, "fields": fields}, indent=1))
+    io.atomic_write(os.path.join(directory, "model.json"),
+                    json.dumps({"class": type(model).__name__, "fields": _fields(model)}, indent=1))
 
 
 def load(directory: str) -> tuple[nn.Module, dict]:
@@ -215,49 +145,23 @@ def load(directory: str) -> tuple[nn.Module, dict]:
     try:
         with open(path) as f:
             spec = json.load(f)
-        cls = _PLAIN[spec["class"]]
-    except (OSError, ValueError, KeyError) as e:
+        cls = _CLASSES[spec["class"]]
+        fields = {name: _tuples(value) for name, value in spec["fields"].items()}
+        if fields.get("variant") != PLAIN:
+            raise ValueError(f"variant {fields.get('variant')!r} is not {PLAIN!r}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise checkpoints.CheckpointError(f"{directory} holds no exported model ({e}); export one first.") from None
-    fields = dict(spec["fields"])
-    if "blocks" in fields:
-        fields["blocks"] = tuple(BlockShape(**b) for b in fields["blocks"])
+    if fields.get("dtype") is not None:
+        fields["dtype"] = jnp.dtype(fields["dtype"])
     model = cls(**fields)
     with ocp.StandardCheckpointer() as ckpt:
         variables = ckpt.restore(os.path.join(os.path.abspath(directory), "variables"))
     return model, variables
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: export a trained workdir's model at one width."""
-    import argparse
+if __name__ == "__main__":  # the command lives in awn_jax.cli.export
     import sys
 
-    from awn_jax import costs, evaluate
+    from awn_jax.cli.export import run
 
-    parser = argparse.ArgumentParser(prog="python -m awn_jax.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="training workdir (its latest checkpoint)")
-    parser.add_argument("--width", type=float, required=True, help="the width to export, in (0, 1]")
-    parser.add_argument("--out", required=True, help="new directory for the exported model")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
-    try:
-        run = evaluate.restore_run(args.workdir, args.step)
-        plain, variables = export(run.model, run.variables, run.info.image_shape, args.width)
-        save(plain, variables, args.out)
-    except (checkpoints.CheckpointError, ValueError) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    on_disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(args.out) for f in fs)
-    print(f"exported {type(plain).__name__} at width {args.width:g} (step {run.step}) to {args.out}:"
-          f" {costs.model_size_bytes(variables) / 1024:.1f} KiB of variables, {on_disk / 1024:.1f} KiB on disk"
-          f" (the any-width model: {costs.model_size_bytes(run.variables) / 1024:.1f} KiB, checkpoint"
-          f" {run.checkpoint_bytes / 1024:.1f} KiB with optimizer state).")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run())

@@ -13,11 +13,15 @@ Layers record two optional collections when the caller makes them mutable:
 * ``effective``: the arrays each call used (kernels sliced and masked, BatchNorm
   affine and statistics sliced), from which ``awn_jax.export`` builds a plain
   fixed-width network.
+
+Layers whose existing channels never change with the width (triangular layers,
+fixed-input or fixed-output layers, depthwise convs, :class:`PrefixBatchNorm`) also
+follow the :class:`Widenable` protocol that ``awn_jax.anytime`` uses.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,10 +29,11 @@ import numpy as np
 from jax import lax
 
 from awn_jax import masks
-from awn_jax.conv import conv2d
+from awn_jax.conv import ConvLowering, conv2d
 from awn_jax.widths import num_channels, sorted_unique, validate_width
 
 __all__ = [
+    "Widenable",
     "SlicedConv",
     "TriangularConv",
     "SlicedDense",
@@ -64,6 +69,27 @@ def _checked_param(module: nn.Module, name: str, init: Initializer, shape: tuple
 def _record(module: nn.Module, collection: str, name: str, value: Any) -> None:
     if not module.is_initializing():
         module.sow(collection, name, value)
+
+
+class Widenable(Protocol):
+    """What anytime widening (``awn_jax.anytime``) asks of a layer.
+
+    ``layer.widen(old, *args, new_from=w1)`` returns what ``layer(*args)`` returns,
+    given ``old``, the layer's output for the same batch at the narrower width
+    ``w1``, and computes only what the wider width adds: new output channels
+    (appended to ``old``) or, for a fixed-output layer, the new inputs'
+    contribution (added to ``old``). ``args`` are the call's own arguments, the
+    input already widened.
+    """
+
+    def widen(self, old: Array, *args: Any, new_from: float, **kwargs: Any) -> Array: ...
+
+
+def _grown(old: Array, start: int, stop: int, compute: Callable[[], Array], add: bool = False) -> Array:
+    """``old`` extended by channels ``[start, stop)``: ``compute()`` appended, or added (``add``)."""
+    if start == stop:
+        return old
+    return old + compute() if add else jnp.concatenate([old, compute()], axis=-1)
 
 
 class _WidthLinear(nn.Module):
@@ -114,27 +140,55 @@ class _WidthLinear(nn.Module):
             c_out = num_channels(width, self.features)
         return full_in, c_in, c_out
 
-    def _sliced_kernel(self, lead_shape: tuple, x: Array, width: float | None, new_from: float | None):
+    def __call__(self, x: Array, width: float | None = None) -> Array:
+        """Applies the layer at ``width`` to ``x`` of shape ``(N, ..., active inputs)``."""
+        return self._forward(x, width)
+
+    def widen(self, old: Array, x: Array, width: float | None = None, *, new_from: float) -> Array:
+        """:class:`Widenable`: the output at ``width`` from ``old``, the output at ``new_from``.
+
+        Computes the new output channels, or for a fixed-output layer the new input
+        channels' contribution to every output.
+
+        Raises:
+          ValueError: a sliced layer with both sides sliced (its old outputs read new inputs).
+        """
+        if not (self.triangular or self.fixed_input or self.fixed_output):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' cannot compute only the channels a"
+                " width adds: its existing outputs read the new inputs too, so they change"
+                " with the width. Only triangular (AWN) layers can be widened."
+            )
+        full_in, c_in, c_out = self._active_counts(x, width)
+        new_from = validate_width(new_from)
+        if self.fixed_output:
+            start = num_channels(new_from, full_in)
+            return _grown(old, start, c_in, lambda: self._forward(x, width, start), add=True)
+        start = num_channels(new_from, self.features)
+        return _grown(old, start, c_out, lambda: self._forward(x, width, start))
+
+    def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
+        """The layer's arithmetic (each subclass's one compact method).
+
+        ``first_new``: compute only from this channel on (outputs; for a fixed-output
+        layer, inputs, without the bias).
+        """
+        raise NotImplementedError
+
+    def _sliced_kernel(self, lead_shape: tuple, x: Array, width: float | None, first_new: int | None):
         """The active (masked) kernel and bias, and the active weight count.
 
-        With ``new_from``, only the part that ``width`` adds over ``new_from``: the
-        new output columns (every active input row), or for a fixed-output layer the
-        new input rows and no bias (their contribution to the outputs).
+        With ``first_new``, only the part from that channel on: the new output columns
+        (every active input row), or for a fixed-output layer the new input rows and
+        no bias (their contribution to the outputs).
         """
         full_in, c_in, c_out = self._active_counts(x, width)
         kernel = _checked_param(
             self, "kernel", self.kernel_init, (*lead_shape, full_in, self.features), self.param_dtype
         )
         rows, cols = slice(0, c_in), slice(0, c_out)
-        if new_from is not None:
-            if not (self.triangular or self.fixed_input or self.fixed_output):
-                raise ValueError(
-                    f"{type(self).__name__} '{self.name}' cannot compute only the channels a"
-                    " width adds: its existing outputs read the new inputs too, so they change"
-                    " with the width. Only triangular (AWN) layers can be widened."
-                )
-            start = num_channels(validate_width(new_from), full_in if self.fixed_output else self.features)
-            rows, cols = (slice(start, c_in), cols) if self.fixed_output else (rows, slice(start, c_out))
+        if first_new is not None:
+            rows, cols = (slice(first_new, c_in), cols) if self.fixed_output else (rows, slice(first_new, c_out))
         kernel = kernel[..., rows, cols]
         receptive = int(np.prod(lead_shape, dtype=np.int64))
         if self._is_masked:
@@ -144,10 +198,10 @@ class _WidthLinear(nn.Module):
         else:
             weights = receptive * (rows.stop - rows.start) * (cols.stop - cols.start)
         bias = None
-        if self.use_bias and not (new_from is not None and self.fixed_output):
+        if self.use_bias and not (first_new is not None and self.fixed_output):
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)[cols]
         _record(self, "costs", "params", weights + (0 if bias is None else bias.shape[0]))
-        if new_from is None:
+        if first_new is None:
             _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
         return kernel, bias, weights
 
@@ -193,27 +247,22 @@ class SlicedConv(_WidthLinear):
       in_features: full input channel count (may be omitted if ``fixed_input``).
       strides: int or pair.
       padding: ``'SAME'``, ``'VALID'``, an int or per-dimension pairs.
-      batch_chunk: convolve this many images at a time (``awn_jax.conv``).
+      conv_lowering: the function that convolves (``awn_jax.conv``; same values).
     """
 
     kernel_size: Sequence[int] = (3, 3)
     strides: int | Sequence[int] = 1
     padding: str | int | Sequence = "SAME"
     kernel_init: Initializer = conv_kernel_init
-    batch_chunk: int | None = None
+    conv_lowering: ConvLowering = conv2d
 
     @nn.compact
-    def __call__(self, x: Array, width: float | None, *, new_from: float | None = None) -> Array:
-        """Applies the conv at ``width`` to ``x`` of shape ``(N, H, W, active_in)``.
-
-        ``new_from``: compute only the output channels that ``width`` adds over this
-        narrower width (anytime widening; triangular or fixed-input layers only).
-        """
+    def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
         kh, kw = _pairs(self.kernel_size, "kernel_size")
-        kernel, bias, weights = self._sliced_kernel((kh, kw), x, width, new_from)
+        kernel, bias, weights = self._sliced_kernel((kh, kw), x, width, first_new)
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-        y = conv2d(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
-                   _padding(self.padding), batch_chunk=self.batch_chunk)
+        y = self.conv_lowering(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
+                               _padding(self.padding))
         return self._finish(y, bias, int(y.shape[1] * y.shape[2]) * weights)
 
 
@@ -241,17 +290,11 @@ class SlicedDense(_WidthLinear):
     """
 
     @nn.compact
-    def __call__(self, x: Array, width: float | None = None, *, new_from: float | None = None) -> Array:
-        """Applies the layer to ``x`` of shape ``(N, *spatial, active_in)``.
-
-        ``new_from`` (anytime widening): compute only what ``width`` adds over this
-        narrower width: the new outputs, or for a fixed-output layer the new inputs'
-        contribution to the outputs (to add to the narrower result; no bias).
-        """
+    def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
         spatial = tuple(x.shape[1:-1])
-        kernel, bias, weights = self._sliced_kernel(spatial, x, width, new_from)
-        if new_from is not None and self.fixed_output:
-            x = x[..., x.shape[-1] - kernel.shape[-2] :]  # the new input channels
+        kernel, bias, weights = self._sliced_kernel(spatial, x, width, first_new)
+        if first_new is not None and self.fixed_output:
+            x = x[..., first_new:]
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=len(spatial) + 1)
         return self._finish(y, bias, weights)
@@ -268,6 +311,7 @@ class DepthwiseConv(nn.Module):
 
     Attributes:
       features: full channel count; the active count is read from the input.
+      conv_lowering: the function that convolves (``awn_jax.conv``; same values).
     """
 
     features: int
@@ -278,15 +322,18 @@ class DepthwiseConv(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Initializer = conv_kernel_init
-    batch_chunk: int | None = None
+    conv_lowering: ConvLowering = conv2d
 
-    @nn.compact
-    def __call__(self, x: Array, width: float | None = None, *, new_from: float | None = None) -> Array:
-        """Applies the conv to ``x`` of shape ``(N, H, W, c)`` with ``c <= features``.
+    def __call__(self, x: Array, width: float | None = None) -> Array:
+        """Applies the conv to ``x`` of shape ``(N, H, W, c)`` with ``c <= features``."""
+        return self._forward(x, width)
 
-        ``new_from``: compute only the channels that ``width`` adds over this narrower
-        width (anytime widening; channels are independent, so old ones never change).
-        """
+    def widen(self, old: Array, x: Array, width: float | None = None, *, new_from: float) -> Array:
+        """:class:`Widenable`: computes the new channels (channels never mix, so old ones stay)."""
+        start = num_channels(validate_width(new_from), self.features)
+        return _grown(old, start, self._active(x, width), lambda: self._forward(x, width, start))
+
+    def _active(self, x: Array, width: float | None) -> int:
         c = x.shape[-1]
         expected = c if width is None else num_channels(width, self.features)
         if c != expected or c > self.features:
@@ -294,20 +341,26 @@ class DepthwiseConv(nn.Module):
                 f"DepthwiseConv '{self.name}' expects {expected} of its {self.features}"
                 f" channels at width {width}, got {c}."
             )
-        start = 0 if new_from is None else num_channels(validate_width(new_from), self.features)
+        return c
+
+    @nn.compact
+    def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
+        """The conv on channels ``first_new`` (default 0) onwards."""
+        c = self._active(x, width)
+        start = first_new or 0
         x = x[..., start:]
         kh, kw = _pairs(self.kernel_size, "kernel_size")
         kernel = _checked_param(
             self, "kernel", self.kernel_init, (kh, kw, 1, self.features), self.param_dtype
         )[..., start:c]
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-        y = conv2d(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
-                   _padding(self.padding), groups=c - start, batch_chunk=self.batch_chunk)
+        y = self.conv_lowering(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
+                               _padding(self.padding), c - start)
         bias = None
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)[start:c]
             y = y + bias
-        if new_from is None:
+        if first_new is None:
             _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
         _record(self, "costs", "params", (kh * kw + self.use_bias) * (c - start))
         _record(self, "costs", "macs", int(y.shape[1] * y.shape[2]) * kh * kw * (c - start))
@@ -411,27 +464,32 @@ class PrefixBatchNorm(_PrefixNorm):
     of the width) and the "standard BN" baseline's.
     """
 
-    @nn.compact
-    def __call__(self, x: Array, width: float | None = None, train: bool = False, *,
-                 new_from: float | None = None) -> Array:
-        """Normalises ``x`` of shape ``(..., c)``, ``c <= features``; ``width`` is unused.
-
-        ``new_from`` (anytime widening, eval mode): normalise only the channels past
-        the first ``num_channels(new_from, features)``.
-        """
+    def __call__(self, x: Array, width: float | None = None, train: bool = False) -> Array:
+        """Normalises ``x`` of shape ``(..., c)``, ``c <= features``; ``width`` is unused."""
         del width
+        return self._forward(x, train)
+
+    def widen(self, old: Array, x: Array, width: float | None = None, train: bool = False, *,
+              new_from: float) -> Array:
+        """:class:`Widenable` (eval mode): normalises the channels ``new_from`` lacks."""
+        if train:
+            raise ValueError(
+                f"PrefixBatchNorm '{self.name}': widening runs in eval mode (train=False);"
+                " batch statistics over new channels only would differ from a full pass."
+            )
+        self._check(x, self.features)
+        start = num_channels(validate_width(new_from), self.features)
+        return _grown(old, start, x.shape[-1], lambda: self._forward(x, False, start))
+
+    @nn.compact
+    def _forward(self, x: Array, train: bool, first_new: int | None = None) -> Array:
+        """Normalisation of channels ``first_new`` onwards (eval mode), or of all."""
         self._check(x, self.features)
         scale, bias = self._affine("", self.features)
         stats = self._stats("", self.features)
-        if new_from is not None:
-            if train:
-                raise ValueError(
-                    f"PrefixBatchNorm '{self.name}': widening runs in eval mode (train=False);"
-                    " batch statistics over new channels only would differ from a full pass."
-                )
-            start = num_channels(validate_width(new_from), self.features)
-            mean, var = stats[0].value[start:], stats[1].value[start:]
-            return self._normalize(x[..., start:], mean, var, scale[start:], bias[start:])
+        if first_new is not None:
+            mean, var = stats[0].value[first_new:], stats[1].value[first_new:]
+            return self._normalize(x[..., first_new:], mean, var, scale[first_new:], bias[first_new:])
         if train:
             return self._train(x, stats, scale, bias)
         return self._normalize(x, stats[0].value, stats[1].value, scale, bias)

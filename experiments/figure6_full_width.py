@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from awn_jax import io, report
+from awn_jax import io
+from awn_jax.report import compare
 from experiments import runner
 
 METHODS = ("awn_full", "standard_full")
@@ -62,7 +63,7 @@ def report(seeds, workroot: str, epochs: int) -> str:
     io.atomic_write(os.path.join(out, "figure6.md"), md + "\n")
     io.atomic_write(os.path.join(out, "figure6.json"), json.dumps(
         {"epochs": epochs, "seeds": list(seeds), "results": results}, indent=1))
-    report.compare([p for p, _ in paths], os.path.join(out, "figure6.png"), labels=[label for _, label in paths])
+    compare([p for p, _ in paths], os.path.join(out, "figure6.png"), labels=[label for _, label in paths])
     return md
 
 

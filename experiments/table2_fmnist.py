@@ -18,7 +18,8 @@ from io import StringIO
 
 import numpy as np
 
-from awn_jax import io, report
+from awn_jax import io
+from awn_jax.report import compare
 from experiments import runner
 
 PAPER_AUC = {"AWN": 90.67, "S-Net": 83.78, "AWN+RS": 91.06, "US-Net 4w": 90.40, "US-Net 10w": 90.70,
@@ -112,7 +113,7 @@ def report(seeds, workroot: str, epochs: int) -> str:
     io.atomic_write(os.path.join(out, "table2.csv"), text.getvalue())
     io.atomic_write(os.path.join(out, "curves.csv"), mean_curves(records))
     first = [r for r in records if r["seed"] == seeds[0]]
-    print(report.compare([r["sweep_path"] for r in first], os.path.join(out, "figure5.png"),
+    print(compare([r["sweep_path"] for r in first], os.path.join(out, "figure5.png"),
                            labels=[r["method"] for r in first]))
     return md
 

@@ -68,7 +68,7 @@ def write_fake_fmnist(directory, n_train=40, n_test=12, seed=0):
     for i, (split, n) in enumerate((("train", n_train), ("test", n_test))):
         fake = fake_split("fashion_mnist", n, seed=seed + i)
         images, labels = fake.images[..., 0], fake.labels.astype(np.uint8)
-        image_file, label_file = data._IDX_FILES[split]
+        image_file, label_file = data.IDX_FILES[split]
         write_idx(os.path.join(directory, image_file), images, 2051)
         write_idx(os.path.join(directory, label_file), labels, 2049)
         out[split] = (images, labels)

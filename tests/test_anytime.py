@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import anytime, checkpoints, costs, evaluate, export, layers
+from awn_jax import anytime, checkpoints, costs, export, layers, report
 from awn_jax.models import LeNet3C1L, MobileNetV2
 
 # A MobileNetV2 that compiles in seconds, with what matters: expansion, depthwise
@@ -110,9 +110,10 @@ def test_widening_refuses_a_narrower_width_and_a_sliced_layer():
     with pytest.raises(ValueError, match="narrower"):
         anytime.widen(model, variables, _images(shape), cache, 0.25)
     conv = layers.SlicedConv(8, in_features=8)
-    params = conv.init(jax.random.key(0), jnp.zeros((1, 5, 5, 8)), 1.0)
+    x = jnp.zeros((1, 5, 5, 8))
+    params = conv.init(jax.random.key(0), x, 1.0)
     with pytest.raises(ValueError, match="existing outputs read the new inputs"):
-        conv.apply(params, jnp.zeros((1, 5, 5, 8)), 1.0, new_from=0.5)
+        conv.apply(params, x[..., :4], x, 1.0, new_from=0.5, method="widen")
 
 
 class OwnNet(nn.Module):
@@ -153,18 +154,28 @@ def test_choose_width_reads_macs_or_latency_from_a_sweep():
     rows = [{"width": w, "macs": m, "batch_ms": t, "top1": a}
             for w, m, t, a in ((0.25, 100, 1.0, 0.7), (0.5, 300, 2.0, 0.8), (1.0, 900, 5.0, 0.9))]
     result = {"summary": {}, "rows": rows}
-    assert evaluate.choose_width(result, budget_macs=500)["top1"] == 0.8
-    assert evaluate.choose_width(result, budget_ms=5.0)["width"] == 1.0
+    assert report.choose_width(result, budget_macs=500)["top1"] == 0.8
+    assert report.choose_width(result, budget_ms=5.0)["width"] == 1.0
     with pytest.raises(ValueError, match="exactly one budget"):
-        evaluate.choose_width(result)
+        report.choose_width(result)
     with pytest.raises(ValueError, match="costs 100 MACs"):
-        evaluate.choose_width(result, budget_macs=99)
+        report.choose_width(result, budget_macs=99)
     rows[0]["batch_ms"] = None
     with pytest.raises(ValueError, match="measured no latency"):
-        evaluate.choose_width(result, budget_ms=3.0)
+        report.choose_width(result, budget_ms=3.0)
 
 
 # ----------------------------------------------------------------------------- export
+
+
+def _assert_plain(plain, plain_vars, x):
+    """Stock Flax layers only, no masks or slicing: every variable is used whole."""
+    bound = plain.bind(plain_vars)
+    modules = [bound.conv1, bound.bn1, bound.classifier] if hasattr(bound, "conv1") else \
+        [bound.stem, bound.stem_bn, bound.blocks[0].depthwise, bound.classifier]
+    assert all(isinstance(m, (nn.Conv, nn.BatchNorm, nn.Dense)) for m in modules)
+    _, state = plain.apply(plain_vars, x, mutable=["effective", "costs"])
+    assert not state  # the any-width layers' records: none here
 
 
 @pytest.mark.parametrize("variant", ["awn", "standard", "snet", "usnet"])
@@ -175,7 +186,8 @@ def test_exported_lenet_equals_the_any_width_model(variant):
     x = _images(shape)
     for width in (0.3, 0.6, 1.0):
         plain, plain_vars = export.export(model, variables, shape, width)
-        assert isinstance(plain, export.PlainLeNet3C1L)
+        assert isinstance(plain, LeNet3C1L) and plain.variant == "plain" and plain.plain_width == width
+        _assert_plain(plain, plain_vars, x)
         _close(jax.jit(plain.apply)(plain_vars, x), model.apply(variables, x, width=width))
         # Sliced to the active channels, masks folded: the stored non-zeros are the active params.
         nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
@@ -194,6 +206,7 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
         directory = tmp_path / f"w{width}"
         export.save(plain, plain_vars, str(directory))
         loaded, loaded_vars = export.load(str(directory))
+        assert loaded == plain  # model.json rebuilds the same plain model
         _close(loaded.apply(loaded_vars, x), expected)
         sizes[width] = (costs.model_size_bytes(plain_vars),
                         sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()))
@@ -203,3 +216,16 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
         export.save(plain, plain_vars, str(tmp_path / "w1.0"))
     with pytest.raises(checkpoints.CheckpointError, match="no exported model"):
         export.load(str(tmp_path))
+    with pytest.raises(ValueError, match="already a plain model"):
+        export.export(plain, plain_vars, shape, 0.5)
+
+
+@pytest.mark.parametrize("variant", ["standard", "snet", "usnet"])
+def test_exported_baseline_mobilenet_v2_equals_the_any_width_model(variant):
+    model = SMALL_MBV2[0].clone(variant=variant, bn_widths=(0.3, 1.0) if variant != "standard" else None)
+    shape = SMALL_MBV2[1]
+    variables = _randomised(model, shape)
+    x = _images(shape, n=2)
+    plain, plain_vars = export.export(model, variables, shape, 0.3)
+    _assert_plain(plain, plain_vars, x)
+    _close(plain.apply(plain_vars, x), model.apply(variables, x, width=0.3))

@@ -9,13 +9,13 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
-from awn_jax import export, sweep, train
+from awn_jax import sweep, train
 from awn_jax.cli import common, evaluate as evaluate_cli, export as export_cli, train as train_cli
 from helpers import fake_split, tiny_config, truncate_checkpoints, write_fake_cifar, write_fake_fmnist, write_idx
 
@@ -203,3 +203,71 @@ def test_evaluate_and_export_command_lines(capsys, tmp_path, trained):
     _assert_one_line_error(2, capsys.readouterr().err, "1.5")
     assert not os.path.exists(tmp_path / "out")
     assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("content,needles", [
+    (None, ["does not exist", "configs/lenet_fmnist.py"]),
+    ("def get_config(:\n", ["syntax error at line 1"]),
+    ("x = 1\n", ["defines no get_config()"]),
+    ("def get_config(arg=None):\n    raise RuntimeError('no such protocol')\n", ["get_config failed", "no such protocol"]),
+], ids=["missing", "syntax-error", "no-get_config", "get_config-raises"])
+def test_bad_config_files(capsys, tmp_path, content, needles):
+    path = tmp_path / "config.py"
+    if content is not None:
+        path.write_text(content)
+    code, err = _train_cli(capsys, tmp_path / "wd", config=str(path))
+    _assert_one_line_error(code, err, str(path), *needles)
+    assert not os.path.exists(tmp_path / "wd")
+
+
+def test_compare_refuses_broken_sweeps_and_unwritable_plots(capsys, tmp_path, trained):
+    workdir = _copy(trained, tmp_path)
+    other = _copy(trained, tmp_path, "other")
+    broken = json.loads((other / "eval" / "sweep.json").read_text())
+    del broken["summary"]
+    (other / "eval" / "sweep.json").write_text(json.dumps(broken))
+    compare = ["evaluate", f"--compare={workdir},{other}"]
+    assert evaluate_cli.run([*compare, f"--out={tmp_path / 'fig.png'}"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "lacks summary", "sweep.json")
+    (other / "eval" / "sweep.json").write_text("{not json")
+    assert evaluate_cli.run(compare) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "is not a valid sweep.json", str(other))
+    good = ["evaluate", f"--compare={workdir},{workdir}"]
+    assert evaluate_cli.run([*good, f"--out={tmp_path}"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "is a directory")
+    assert evaluate_cli.run([*good, f"--out={tmp_path / 'missing' / 'fig.png'}"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "does not exist")
+    assert evaluate_cli.run([*good, f"--out={workdir / 'config.json' / 'fig.png'}"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "is a file")
+
+
+def test_export_refuses_outputs_it_cannot_create_before_any_work(capsys, tmp_path, trained):
+    workdir = _copy(trained, tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("taken")
+    for out, needle in ((a_file, "is a file; name a new directory"), (a_file / "sub", "which is a file"),
+                        (workdir, "exists and is not empty")):
+        assert export_cli.run(["export", f"--workdir={workdir}", "--width=0.5", f"--out={out}"]) == 2
+        _assert_one_line_error(2, capsys.readouterr().err, needle)
+    assert a_file.read_text() == "taken"
+
+
+def test_a_second_training_on_a_live_workdir_is_refused_naming_the_holder(capsys, tmp_path, trained):
+    workdir = _copy(trained, tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from awn_jax import io; io.lock_workdir(sys.argv[1]);"
+         " print('locked', flush=True); time.sleep(60)", str(workdir)],
+        stdout=subprocess.PIPE, text=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(workdir)
+        args = _resume_args(_fmnist(tmp_path), tmp_path)
+        code, err = _train_cli(capsys, workdir, *args)
+        _assert_one_line_error(code, err, f"is in use by process {holder.pid} on host", "use another --workdir")
+        assert _snapshot(workdir) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing: its lock is stale, and the run resumes.
+    code, err = _train_cli(capsys, workdir, *args)
+    assert code == 0, err

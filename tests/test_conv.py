@@ -1,12 +1,12 @@
-"""Splitting a convolution over the batch computes the same function, forward and backward."""
+"""Conv lowerings: splitting a convolution over the batch computes the same function."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax.conv import conv2d
-from awn_jax.models import LeNet3C1L
+from awn_jax import conv
+from awn_jax.models import LeNet3C1L, MobileNetV2
 
 CASES = [
     # (input HW, channels, kernel, out, strides, padding, groups)
@@ -18,25 +18,59 @@ CASES = [
 
 
 @pytest.mark.parametrize("hw,c,k,o,strides,padding,groups", CASES)
-@pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_batch_chunks_equal_one_convolution(hw, c, k, o, strides, padding, groups, chunk):
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 6, 8])
+def test_batch_split_equals_one_convolution_values_and_gradients(hw, c, k, o, strides, padding, groups, chunk):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(6, *hw, c)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(*k, c // groups, o)), jnp.float32)
+    split = conv.BatchSplitConv(chunk)  # 4 does not divide 6, 6 and 8 cover it: one call
 
-    def loss(batch_chunk):
-        return lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, strides, padding, groups, batch_chunk)))
+    def loss(lowering):
+        return lambda x, w: jnp.sum(jnp.sin(lowering(x, w, strides, padding, groups)))
 
-    np.testing.assert_allclose(conv2d(x, kernel, strides, padding, groups, chunk),
-                               conv2d(x, kernel, strides, padding, groups), rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.grad(loss(chunk), (0, 1))(x, kernel), jax.grad(loss(None), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(split(x, kernel, strides, padding, groups),
+                               conv.conv2d(x, kernel, strides, padding, groups), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.grad(loss(split), (0, 1))(x, kernel), jax.grad(loss(conv.conv2d), (0, 1))(x, kernel)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_a_chunked_model_computes_the_same_logits():
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 28, 28, 1)), jnp.float32)
-    model = LeNet3C1L()
-    variables = model.init(jax.random.key(0), x)
-    chunked = model.clone(conv_batch_chunk=2)
-    np.testing.assert_allclose(chunked.apply(variables, x, width=0.6), model.apply(variables, x, width=0.6),
-                               rtol=1e-5, atol=1e-5)
+def test_training_lowering_splits_on_cpu_only_and_lowerings_hash_by_value():
+    assert conv.training_lowering("cpu") == conv.BatchSplitConv(8)
+    assert conv.training_lowering("gpu") is conv.conv2d
+    assert conv.training_lowering("tpu") is conv.conv2d
+    assert conv.training_lowering() == conv.training_lowering(jax.default_backend())
+    # Models are static arguments of jit: equal lowerings give equal, equally hashed models.
+    a, b = LeNet3C1L(conv_lowering=conv.BatchSplitConv(8)), LeNet3C1L(conv_lowering=conv.BatchSplitConv(8))
+    assert a == b and hash(a) == hash(b)
+    assert a != LeNet3C1L(conv_lowering=conv.BatchSplitConv(4))
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="positive int chunk"):
+            conv.BatchSplitConv(bad)
+
+
+@pytest.mark.parametrize("model,shape", [
+    (LeNet3C1L(), (28, 28, 1)),
+    (MobileNetV2(block_settings=((6, 12, 1, 2),), stem_channels=8, last_channels=32), (16, 16, 3)),
+], ids=["lenet", "mobilenet_v2"])
+def test_a_batch_split_model_computes_the_same_function_with_the_same_variables(model, shape):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
+    split = model.clone(conv_lowering=conv.BatchSplitConv(2))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.eval_shape(split.init, jax.random.key(0), x) == shapes
+    rng = np.random.default_rng(1)  # random variables without init's slow-compiling initialisers
+    variables = jax.tree.map(lambda s: jnp.asarray(0.5 + np.abs(rng.normal(size=s.shape)), s.dtype), shapes)
+    variables["params"] = jax.tree.map(lambda p: p * rng.choice([-0.3, 0.3], p.shape), variables["params"])
+
+    def loss(m):
+        def f(params):
+            logits, _ = m.apply({**variables, "params": params}, x, width=0.6, train=True, mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(logits))
+        return f
+
+    logits = [jax.jit(lambda v, m=m: m.apply(v, x, width=0.6))(variables) for m in (split, model)]
+    np.testing.assert_allclose(*logits, rtol=1e-5, atol=1e-5)
+    (value, grads), (ref_value, ref_grads) = [jax.jit(jax.value_and_grad(loss(m)))(variables["params"])
+                                              for m in (split, model)]
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

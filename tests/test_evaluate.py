@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import calibration, checkpoints, costs, data, evaluation, report, sweep, train
+from awn_jax import calibration, checkpoints, costs, evaluation, report, sweep, train
 from awn_jax.models import LeNet3C1L
 from awn_jax.widths import REFERENCE_WIDTHS, calibration_widths, num_channels
 from helpers import fake_split, tiny_config, truncate_checkpoints

@@ -37,7 +37,7 @@ def test_table2_reports_mean_and_std_over_seeds_beside_the_paper(tmp_path):
 
 def test_figure6_quantifies_the_gap_below_full_width(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "RESULTS", str(tmp_path / "results"))
-    monkeypatch.setattr(figure6_full_width.report, "compare", lambda *a, **k: "")
+    monkeypatch.setattr(figure6_full_width, "compare", lambda *a, **k: "")
     widths = (0.25, 0.5, 0.75, 1.0)
     for key, slope in (("awn_full", 0.1), ("standard_full", 0.8)):
         run_dir = runner.workdir(runner.spec(key, 7), str(tmp_path), 5)

@@ -169,3 +169,44 @@ def test_layer_input_errors_name_the_problem():
     v = stem.init(jax.random.key(0), jnp.ones((1, 5, 5, 3)), 1.0)
     with pytest.raises(ValueError, match="shape \\(3, 3, 1, 8\\), but the variables hold shape \\(3, 3, 3, 8\\)"):
         stem.apply(v, jnp.ones((1, 5, 5, 1)), 1.0)
+
+
+def _perturbed(module, x, *args):
+    variables = module.init(jax.random.key(0), x, *args)
+    leaves, tree = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    variables = jax.tree.unflatten(tree, [a + jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    if "batch_stats" in variables:
+        variables["batch_stats"] = jax.tree.map(lambda a: jnp.abs(a) + 0.5, variables["batch_stats"])
+    return variables
+
+
+@pytest.mark.parametrize("w1,w2", [(0.3, 0.7), (0.2, 1.0), (0.5, 0.5)])
+def test_widen_extends_the_narrow_output_to_the_wide_call(w1, w2):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 9)), jnp.float32)
+    h = jnp.asarray(rng.normal(size=(2, 6, 6, 13)), jnp.float32)
+    cases = [  # (layer, full-width input, whether it reads every input channel)
+        (layers.TriangularConv(13, in_features=9), x, False),
+        (layers.SlicedConv(13, fixed_input=True, strides=2), x, True),
+        (layers.TriangularDense(5, in_features=13, fixed_output=True), h, False),
+        (layers.DepthwiseConv(13), h, False),
+        (layers.PrefixBatchNorm(13), h, False),
+    ]
+    for layer, full, fixed_input in cases:
+        variables = _perturbed(layer, full, 1.0)
+
+        def inputs(w):
+            return full if fixed_input else full[..., : num_channels(w, full.shape[-1])]
+
+        old = layer.apply(variables, inputs(w1), w1)
+        widened = layer.apply(variables, old, inputs(w2), w2, new_from=w1, method="widen")
+        np.testing.assert_allclose(widened, layer.apply(variables, inputs(w2), w2), rtol=1e-5, atol=1e-5,
+                                   err_msg=type(layer).__name__)
+
+
+def test_widen_refuses_train_mode_batchnorm():
+    bn = layers.PrefixBatchNorm(4)
+    v = bn.init(jax.random.key(0), jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match="eval mode"):
+        bn.apply(v, jnp.ones((2, 2)), jnp.ones((2, 4)), 1.0, True, new_from=0.5, method="widen")

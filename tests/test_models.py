@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from awn_jax import costs
-from awn_jax.models import LeNet3C1L, create_model
+from awn_jax.models import PLAIN, VARIANTS, LeNet3C1L, MobileNetV2, create_model
 from awn_jax.widths import num_channels
 
 LENET_X = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
@@ -189,3 +189,29 @@ def test_bad_model_arguments():
     snet = LeNet3C1L(variant="snet", bn_widths=(0.25, 0.5))
     with pytest.raises(ValueError, match="above the largest listed"):
         snet.init(jax.random.key(0), x)
+
+
+def test_the_plain_variant_is_a_fixed_width_model_not_a_training_choice():
+    assert PLAIN not in VARIANTS
+    x = jnp.zeros((1, 28, 28, 1))
+    with pytest.raises(ValueError, match="needs plain_width"):
+        LeNet3C1L(variant=PLAIN).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="plain_width is for the plain variant"):
+        LeNet3C1L(plain_width=0.5).init(jax.random.key(0), x)
+    plain = LeNet3C1L(variant=PLAIN, width_multiplier=2**0.5, plain_width=0.5)
+    variables = plain.init(jax.random.key(0), x)
+    shapes = jax.tree.map(jnp.shape, variables)
+    assert shapes["params"]["conv2"] == {"kernel": (3, 3, 22, 22), "bias": (22,)}
+    assert shapes["params"]["classifier"] == {"kernel": (4 * 4 * 22, 10), "bias": (10,)}
+    assert shapes["batch_stats"]["bn3"] == {"mean": (22,), "var": (22,)}
+    assert plain.apply(variables, x).shape == (1, 10)
+    with pytest.raises(ValueError, match="has one width and runs in eval mode"):
+        plain.apply(variables, x, width=0.5)
+    with pytest.raises(ValueError, match="has one width and runs in eval mode"):
+        plain.apply(variables, x, train=True, mutable=["batch_stats"])
+    # MobileNetV2: a block's hidden width is the active count of its full hidden width.
+    mbv2 = MobileNetV2(variant=PLAIN, plain_width=0.3, block_settings=((6, 8, 1, 1),), last_channels=32)
+    p = jax.eval_shape(mbv2.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    hidden = num_channels(0.3, 32 * 6)
+    assert p["blocks_0"]["depthwise"]["kernel"].shape == (3, 3, 1, hidden)
+    assert p["blocks_0"]["project"]["kernel"].shape == (1, 1, hidden, num_channels(0.3, 8))

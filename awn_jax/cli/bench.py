@@ -30,7 +30,7 @@ from awn_jax import anytime, costs, data, optim, runtime, sharding, steps, train
 from awn_jax.cli import common
 from awn_jax.config import base_config
 from awn_jax.models import from_config
-from awn_jax.widths import channel_config, distinct_widths, representatives, step_widths
+from awn_jax.widths import distinct_widths, representatives, step_widths
 
 PROG = "python -m awn_jax.bench"
 

@@ -10,19 +10,20 @@ flag registry), so several commands can run in one process, as the tests do.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import Callable, Sequence
 
 from absl import flags, logging
 
-from awn_jax import checkpoints, config as config_lib, data, runtime
+from awn_jax import checkpoints, config as config_lib, data, io, runtime
 from awn_jax.compilation import enable_compilation_cache
 
 __all__ = ["USER_ERRORS", "UsageError", "new_flags", "run"]
 
 # Errors that the user can fix; reported in one line.
-USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, ValueError)
+USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError, ValueError)
 
 
 class UsageError(ValueError):
@@ -60,6 +61,22 @@ def _config_problem(path: str, error: BaseException) -> str:
     return f"config file {path}: get_config failed ({text}); fix the file or its argument"
 
 
+def _check_config_module(file: str) -> None:
+    """Raises what makes ``file`` unusable as a config module, before config_flags loads it.
+
+    config_flags defers a missing file's error to the first use of the config, and reloads
+    into a module of a fixed name, so a file without ``get_config`` can inherit the one of a
+    config loaded earlier in the same process; a fresh module sees neither problem.
+    """
+    if not os.path.isfile(file):
+        raise FileNotFoundError(file)
+    spec = importlib.util.spec_from_file_location("_awn_jax_config_check", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise AttributeError(f"module {file!r} has no attribute 'get_config'")
+
+
 def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_args: int) -> list[str]:
     """absl's parsing with every problem reported in one line (exit 2); ``--help`` prints the flags."""
     if any(a in ("-h", "--help", "--helpshort") for a in argv[1:]):
@@ -69,8 +86,8 @@ def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_a
     argv = [a for a in argv if a != "--helpfull"]
     path = _config_file(argv)
     try:
-        if path is not None and not os.path.isfile(path.split(":", 1)[0]):
-            raise FileNotFoundError(path)  # config_flags would defer this to the first use
+        if path is not None:
+            _check_config_module(path.split(":", 1)[0])
         rest = fv(argv)
     except flags.Error as e:
         problem = str(e).splitlines()[0]

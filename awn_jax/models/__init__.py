@@ -6,11 +6,12 @@ from typing import Any
 
 import flax.linen as nn
 
-from awn_jax.models.common import VARIANTS, channel_sizes, variant_spec
+from awn_jax.models.common import PLAIN, VARIANTS, channel_sizes, variant_spec
 from awn_jax.models.lenet import LeNet3C1L
 from awn_jax.models.mobilenet_v2 import MobileNetV2
 
-__all__ = ["LeNet3C1L", "MobileNetV2", "MODELS", "VARIANTS", "channel_sizes", "create_model", "variant_spec"]
+__all__ = ["LeNet3C1L", "MobileNetV2", "MODELS", "PLAIN", "VARIANTS", "channel_sizes", "create_model", "from_config",
+           "variant_spec"]
 
 MODELS = {"lenet3c1l": LeNet3C1L, "mobilenet_v2": MobileNetV2}
 
@@ -20,3 +21,9 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
     return MODELS[name](**kwargs)
+
+
+def from_config(config: Any, num_classes: int) -> nn.Module:
+    """The model a run's config describes (``config.model``, ``variant``, ``model_args``)."""
+    kwargs = {k: v for k, v in config.model_args.items() if v is not None}
+    return create_model(config.model, variant=config.variant, num_classes=num_classes, **kwargs)

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 
+from awn_jax.conv import ConvLowering, conv2d
 from awn_jax.models.common import check_images, variant_spec
 
 __all__ = ["LeNet3C1L", "max_pool_2x2"]
@@ -27,14 +28,16 @@ class LeNet3C1L(nn.Module):
     Attributes:
       num_classes: output classes (always all active).
       variant: ``awn`` (triangular convs, shared BatchNorm), ``standard`` (sliced
-        convs, shared BatchNorm), ``snet`` (switchable BatchNorm) or ``usnet``
-        (calibrated BatchNorm).
+        convs, shared BatchNorm), ``snet`` (switchable BatchNorm), ``usnet``
+        (calibrated BatchNorm), or ``plain`` (stock Flax layers at ``plain_width``:
+        an exported fixed-width model, ``awn_jax.export``).
       base_channels: channels of every conv before the multiplier (32).
       width_multiplier: ``None``: sqrt(2) for AWN (45 channels), 1 otherwise.
       bn_widths: S-Net's listed / US-Net's calibrated widths.
       bn_momentum: Flax BatchNorm momentum (PyTorch's 0.1 is 0.9 here).
-      conv_batch_chunk: convolve this many images at a time (a CPU training speed-up,
-        ``awn_jax.conv``); the function computed is the same.
+      conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
+        program choice, e.g. ``conv.training_lowering()``; same values and variables).
+      plain_width: the ``plain`` variant's width.
     """
 
     num_classes: int = 10
@@ -44,12 +47,14 @@ class LeNet3C1L(nn.Module):
     bn_widths: Sequence[float] | None = None
     bn_momentum: float = 0.9
     dtype: Any = None
-    conv_batch_chunk: int | None = None
+    conv_lowering: ConvLowering = conv2d
+    plain_width: float | None = None
 
     def setup(self):
-        spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths)
+        spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths, self.conv_lowering,
+                            self.plain_width)
         c = spec.channels(self.base_channels)
-        conv = dict(padding="VALID", dtype=self.dtype, batch_chunk=self.conv_batch_chunk)
+        conv = dict(padding="VALID", dtype=self.dtype)
         norm = dict(momentum=self.bn_momentum, dtype=self.dtype)
         self.conv1 = spec.conv(c, kernel_size=(3, 3), fixed_input=True, **conv)
         self.bn1 = spec.norm(c, **norm)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from awn_jax import layers
+from awn_jax.conv import ConvLowering, conv2d
 from awn_jax.models.common import VariantSpec, check_images, variant_spec
 
 __all__ = ["MobileNetV2", "InvertedResidual", "CIFAR_BLOCKS"]
@@ -30,7 +30,7 @@ class InvertedResidual(nn.Module):
     """Expand 1x1 -> depthwise 3x3 -> project 1x1 (linear), residual when shapes match.
 
     Attributes:
-      spec: the variant's layer choices.
+      spec: the variant's layer choices (and conv lowering).
       in_features: full input channels.
       features: full output channels.
       expansion: hidden = in_features * expansion.
@@ -44,17 +44,15 @@ class InvertedResidual(nn.Module):
     strides: int
     bn_momentum: float = 0.9
     dtype: Any = None
-    conv_batch_chunk: int | None = None
 
     def setup(self):
         hidden = self.in_features * self.expansion
         norm = dict(momentum=self.bn_momentum, dtype=self.dtype)
-        conv = dict(use_bias=False, dtype=self.dtype, batch_chunk=self.conv_batch_chunk)
+        conv = dict(use_bias=False, dtype=self.dtype)
         if self.expansion != 1:
             self.expand = self.spec.conv(hidden, kernel_size=(1, 1), in_features=self.in_features, **conv)
             self.expand_bn = self.spec.norm(hidden, **norm)
-        self.depthwise = layers.DepthwiseConv(hidden, strides=self.strides, dtype=self.dtype,
-                                              batch_chunk=self.conv_batch_chunk)
+        self.depthwise = self.spec.depthwise(hidden, strides=self.strides, dtype=self.dtype)
         self.depthwise_bn = self.spec.norm(hidden, **norm)
         self.project = self.spec.conv(self.features, kernel_size=(1, 1), in_features=hidden, **conv)
         self.project_bn = self.spec.norm(self.features, **norm)
@@ -78,13 +76,15 @@ class MobileNetV2(nn.Module):
 
     Attributes:
       num_classes: output classes.
-      variant: ``awn``, ``standard``, ``snet`` or ``usnet``.
+      variant: ``awn``, ``standard``, ``snet``, ``usnet``, or ``plain`` (stock Flax
+        layers at ``plain_width``: an exported fixed-width model, ``awn_jax.export``).
       width_multiplier: ``None``: sqrt(2) for AWN, 1 otherwise.
       bn_widths: S-Net's listed / US-Net's calibrated widths.
       block_settings: inverted-residual settings ``(t, c, n, s)``.
       stem_channels, last_channels: base channels of the first and last convs.
-      conv_batch_chunk: convolve this many images at a time (a CPU training speed-up,
-        ``awn_jax.conv``); the function computed is the same.
+      conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
+        program choice, e.g. ``conv.training_lowering()``; same values and variables).
+      plain_width: the ``plain`` variant's width.
     """
 
     num_classes: int = 10
@@ -96,13 +96,15 @@ class MobileNetV2(nn.Module):
     last_channels: int = 1280
     bn_momentum: float = 0.9
     dtype: Any = None
-    conv_batch_chunk: int | None = None
+    conv_lowering: ConvLowering = conv2d
+    plain_width: float | None = None
 
     def setup(self):
-        spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths)
+        spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths, self.conv_lowering,
+                            self.plain_width)
         norm = dict(momentum=self.bn_momentum, dtype=self.dtype)
         channels = spec.channels(self.stem_channels)
-        conv = dict(use_bias=False, dtype=self.dtype, batch_chunk=self.conv_batch_chunk)
+        conv = dict(use_bias=False, dtype=self.dtype)
         self.stem = spec.conv(channels, kernel_size=(3, 3), fixed_input=True, **conv)
         self.stem_bn = spec.norm(channels, **norm)
         blocks = []
@@ -110,10 +112,7 @@ class MobileNetV2(nn.Module):
             out = spec.channels(c)
             for i in range(n):
                 blocks.append(
-                    InvertedResidual(
-                        spec, channels, out, t, s if i == 0 else 1, self.bn_momentum, self.dtype,
-                        self.conv_batch_chunk,
-                    )
+                    InvertedResidual(spec, channels, out, t, s if i == 0 else 1, self.bn_momentum, self.dtype)
                 )
                 channels = out
         self.blocks = blocks
