@@ -12,6 +12,7 @@ import ml_collections
 
 from awn_jax.data import DATASETS
 from awn_jax.models import MODELS, VARIANTS
+from awn_jax.widths import SNET_WIDTHS
 
 __all__ = ["base_config", "lenet_config", "mobilenet_config", "validate", "apply_smoke", "ConfigError"]
 
@@ -193,7 +194,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _check_width(f"eval_widths[{i}]", value)
     bn_widths = c.model_args.bn_widths
     if c.variant == "snet":
-        listed = set(bn_widths or (0.25, 0.5, 0.75, 1.0))
+        listed = set(bn_widths or SNET_WIDTHS)
         if w.mode != "fixed" or not set(w.fixed) <= listed:
             _fail("widths", "S-Net trains its listed BatchNorm widths",
                   f"use widths.mode='fixed' with widths.fixed inside {sorted(listed)}")

@@ -44,10 +44,6 @@ class Run:
     checkpoint_bytes: int
 
 
-def _dir_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
-
-
 def restore_run(workdir: str, step: int | None = None) -> Run:
     """Restores the latest (or ``step``'s) checkpoint of a workdir with the config saved beside it.
 
@@ -82,7 +78,7 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
         ckpt.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return Run(config, model, variables, int(step), info,
-               _dir_bytes(os.path.join(ckpt.directory, str(step))))
+               io.dir_bytes(os.path.join(ckpt.directory, str(step))))
 
 
 def default_one_pass(model: Any) -> bool:

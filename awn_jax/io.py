@@ -2,7 +2,7 @@
 
 A training workdir holds::
 
-    .lock                  held (flock) by the process training or sweeping into it; see lock_workdir
+    .lock                  held (flock) by the live training run; see WorkdirLock
     config.json            the run's config (checkpoints.save_config)
     checkpoints/<step>/    orbax checkpoints of the train state
     metrics.jsonl          one JSON record per log step, eval and final result
@@ -39,6 +39,7 @@ __all__ = [
     "eval_dir",
     "sweep_path",
     "calibration_dir",
+    "dir_bytes",
     "check_output_file",
     "check_new_directory",
 ]
@@ -107,6 +108,11 @@ def sweep_path(workdir: str, calibration: int = 0) -> str:
 def calibration_dir(workdir: str, num: int) -> str:
     """US-Net's statistics calibrated at ``num`` widths (absolute: orbax needs it)."""
     return os.path.join(os.path.abspath(workdir), "calibration", f"{num}w")
+
+
+def dir_bytes(path: str) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
 def check_output_file(path: str, what: str) -> None:
@@ -180,7 +186,7 @@ def _read_holder(fd: int) -> str:
 
 def _busy(workdir: str, holder: str) -> WorkdirBusyError:
     return WorkdirBusyError(
-        f"workdir {workdir} is in use by {holder} (another training or sweep of it is"
+        f"workdir {workdir} is in use by {holder} (another training of it is"
         " running); wait for it to finish or stop it, or use another --workdir."
     )
 
@@ -208,8 +214,8 @@ def check_workdir_free(workdir: str) -> None:
 class WorkdirLock:
     """An exclusive, non-blocking lock on a workdir: ``fcntl.flock`` on ``<workdir>/.lock``.
 
-    Only processes that write a run (training, a sweep into it) take it; readers, such
-    as the evaluation of a finished run, never need it. The lock belongs to the open
+    Training takes it for the whole run; readers (a sweep or an export of a finished run)
+    never need it. The lock belongs to the open
     file, so the kernel releases it when the holder exits in any way, ``SIGKILL``
     included: a lock left by a dead process is taken over by the next start, with no
     clean-up. (Children forked without ``exec`` share the open file and keep the lock

@@ -30,7 +30,7 @@ from jax import lax
 
 from awn_jax import masks
 from awn_jax.conv import ConvLowering, conv2d
-from awn_jax.widths import num_channels, sorted_unique, validate_width
+from awn_jax.widths import SNET_WIDTHS, num_channels, sorted_unique, validate_width
 
 __all__ = [
     "Widenable",
@@ -505,7 +505,7 @@ class SwitchableBatchNorm(_PrefixNorm):
       widths: the listed widths (any order; stored sorted).
     """
 
-    widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0)
+    widths: Sequence[float] = SNET_WIDTHS
 
     @nn.compact
     def __call__(self, x: Array, width: float, train: bool = False) -> Array:

@@ -31,6 +31,7 @@ __all__ = [
     "sorted_unique",
     "REFERENCE_WIDTHS",
     "is_reference_width",
+    "SNET_WIDTHS",
     "smallest_trained_width",
     "step_widths",
     "representatives",
@@ -248,6 +249,10 @@ gives 37). Match them with :func:`is_reference_width`."""
 def is_reference_width(width: float) -> bool:
     """Whether ``width`` is one of :data:`REFERENCE_WIDTHS` (to 6 decimals, as older sweeps stored them)."""
     return round(float(width), 6) in {round(w, 6) for w in REFERENCE_WIDTHS}
+
+
+SNET_WIDTHS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+"""S-Net's default listed widths: its switchable BatchNorms and the widths it trains."""
 
 
 def smallest_trained_width(config) -> float:

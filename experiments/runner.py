@@ -125,8 +125,7 @@ def train(runs: Iterable[RunSpec], workroot: str, epochs: int, checkpoints: int 
 def _add_wall_seconds(run_dir: str, seconds: float) -> None:
     path = os.path.join(run_dir, "wall_seconds.json")
     total = load_json(path)["seconds"] if os.path.exists(path) else 0.0
-    with open(path, "w") as f:
-        json.dump({"seconds": total + seconds}, f)
+    io.atomic_write(path, json.dumps({"seconds": total + seconds}))
 
 
 def wall_seconds(run_dir: str) -> float:

@@ -220,7 +220,9 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
         export.export(plain, plain_vars, shape, 0.5)
 
 
-@pytest.mark.parametrize("variant", ["standard", "snet", "usnet"])
+# S-Net: sliced convs and a switchable BatchNorm; the other baselines' layers export through the
+# same code (LeNet above covers all four variants), and each MobileNetV2 case costs ~30 s on CPU.
+@pytest.mark.parametrize("variant", ["snet"])
 def test_exported_baseline_mobilenet_v2_equals_the_any_width_model(variant):
     model = SMALL_MBV2[0].clone(variant=variant, bn_widths=(0.3, 1.0) if variant != "standard" else None)
     shape = SMALL_MBV2[1]

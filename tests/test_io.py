@@ -71,7 +71,7 @@ def test_a_second_start_from_another_process_is_refused_with_one_line(tmp_path):
         assert proc.returncode == 3, err
         message = out.strip()
         assert "\n" not in message and message.startswith(_expected_message(workdir, os.getpid()))
-        assert message.endswith(" UTC (another training or sweep of it is running); wait for it to finish"
+        assert message.endswith(" UTC (another training of it is running); wait for it to finish"
                                 " or stop it, or use another --workdir.")
     # released: another process may take it now
     proc = _python(TRY, workdir)

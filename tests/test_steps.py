@@ -155,11 +155,12 @@ def test_per_width_step_applies_the_summed_gradients_once():
     model = LeNet3C1L(variant="awn")
     x, labels, state, tx = _setup(model, (16, 28, 28, 1))
     widths = (1.0, 0.5)
-    width_grads = lambda w: functools.partial(steps.per_width_grads, model=model, width=w, distill=False)
-    new_state, metrics = steps.per_width_step(state, x, labels, widths, width_grads=width_grads, tx=tx,
+    programs = {w: jax.jit(functools.partial(steps.per_width_grads, model=model, width=w, distill=False))
+                for w in widths}
+    new_state, metrics = steps.per_width_step(state, x, labels, widths, width_grads=programs.get, tx=tx,
                                               distill=False)
     losses, grads, stats, _ = steps.sequential_grads(state.params, state.batch_stats, x, labels, widths,
-                                                     width_grads=width_grads, distill=False)
+                                                     width_grads=programs.get, distill=False)
     expected = steps.apply_gradients(state, grads, stats, tx)
     assert int(new_state.step) == 1
     _assert_trees_close(new_state.params, expected.params, rtol=1e-6)

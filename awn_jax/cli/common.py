@@ -40,9 +40,12 @@ def new_flags() -> flags.FlagValues:
 
 
 def _config_file(argv: Sequence[str]) -> str | None:
-    for arg in argv[1:]:
+    """The ``--config`` value of ``argv`` (``--config=FILE`` or ``--config FILE``), if any."""
+    for i, arg in enumerate(argv[1:], start=1):
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
     return None
 
 

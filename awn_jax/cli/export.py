@@ -9,7 +9,6 @@ model.json beside it (awn_jax.export.load reads it back).
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
@@ -40,7 +39,7 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
     run = evaluation.restore_run(fv.workdir, fv.step)
     plain, variables = export.export(run.model, run.variables, run.info.image_shape, fv.width)
     export.save(plain, variables, fv.out)
-    on_disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(fv.out) for f in fs)
+    on_disk = io.dir_bytes(fv.out)
     print(f"exported {type(plain).__name__} at width {fv.width:g} (step {run.step}) to {fv.out}:"
           f" {costs.model_size_bytes(variables) / 1024:.1f} KiB of variables, {on_disk / 1024:.1f} KiB on disk"
           f" (the any-width model: {costs.model_size_bytes(run.variables) / 1024:.1f} KiB, checkpoint"

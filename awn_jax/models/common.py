@@ -19,14 +19,13 @@ import jax.numpy as jnp
 
 from awn_jax import layers
 from awn_jax.conv import ConvLowering, conv2d
-from awn_jax.widths import num_channels, sorted_unique, validate_width
+from awn_jax.widths import SNET_WIDTHS, num_channels, sorted_unique, validate_width
 
 __all__ = ["VARIANTS", "PLAIN", "VariantSpec", "PlainSpec", "PlainConv", "PlainDense", "PlainBatchNorm",
            "variant_spec", "check_images", "channel_sizes"]
 
 VARIANTS = ("awn", "standard", "snet", "usnet")
 PLAIN = "plain"
-DEFAULT_SNET_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +187,7 @@ def variant_spec(
     if not (isinstance(width_multiplier, (int, float)) and width_multiplier > 0):
         raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}.")
     if bn_widths is None:
-        bn_widths = DEFAULT_SNET_WIDTHS if variant == "snet" else ()
+        bn_widths = SNET_WIDTHS if variant == "snet" else ()
     listed = tuple(sorted_unique(bn_widths))
     if listed and variant in ("awn", "standard", PLAIN):
         raise ValueError(
