@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from awn_jax import sweep, train
-from awn_jax.cli import common, evaluate as evaluate_cli, export as export_cli, train as train_cli
+from awn_jax.cli import common, data as data_cli, evaluate as evaluate_cli, export as export_cli, train as train_cli
 from helpers import fake_split, tiny_config, truncate_checkpoints, write_fake_cifar, write_fake_fmnist, write_idx
 
 CONFIG = "configs/lenet_fmnist.py:smoke"
@@ -271,3 +271,12 @@ def test_a_second_training_on_a_live_workdir_is_refused_naming_the_holder(capsys
     # The holder died without releasing: its lock is stale, and the run resumes.
     code, err = _train_cli(capsys, workdir, *args)
     assert code == 0, err
+
+
+def test_data_command_reports_bad_input_with_exit_status_2(capsys, tmp_path):
+    assert data_cli.run(["data"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "name one dataset", "fashion_mnist")
+    assert data_cli.run(["data", "fashion_mnist", f"--raw={tmp_path / 'nowhere'}",
+                         f"--data_dir={tmp_path / 'tfds'}"]) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "nowhere")
+    assert not os.path.exists(tmp_path / "tfds" / "fashion_mnist_local")
