@@ -31,8 +31,8 @@ from awn_jax.metrics_log import MetricsLog
 from awn_jax.models import from_config
 from awn_jax.widths import channel_config, representatives, smallest_trained_width, step_widths
 
-__all__ = ["TrainingError", "training_model", "one_pass_program", "per_width_program", "make_train_step",
-           "train_and_evaluate"]
+__all__ = ["TrainingError", "trains_in_one_pass", "training_model", "one_pass_program", "per_width_program",
+           "make_train_step", "train_and_evaluate"]
 
 StepFn = Callable[[steps.TrainState, dict, int], tuple[steps.TrainState, dict, tuple[float, ...]]]
 
@@ -60,6 +60,11 @@ def per_width_program(model: Any, width: float, distill: bool) -> Callable:
     return jax.jit(functools.partial(steps.per_width_grads, model=model, width=width, distill=distill))
 
 
+def trains_in_one_pass(config: ml_collections.ConfigDict) -> bool:
+    """Whether a run trains all widths of a step from one trunk pass (AWN with ``widths.one_pass``)."""
+    return config.variant == "awn" and config.widths.one_pass
+
+
 def make_train_step(config: ml_collections.ConfigDict, model: Any, tx: optax.GradientTransformation,
                     info: data.DatasetInfo, mesh: Any) -> StepFn:
     """The training step of a run: ``(state, local_batch, step) -> (state, metrics, widths)``.
@@ -80,7 +85,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any, tx: optax.Gra
     preprocess = jax.jit(lambda images, step: data.preprocess(
         images, info, jax.random.fold_in(jax.random.key(seed), step)))
 
-    if config.variant == "awn" and config.widths.one_pass:
+    if trains_in_one_pass(config):
         trunk_width = config.widths.w_max if config.widths.mode == "sandwich" else max(config.widths.fixed)
         program = one_pass_program(fast, tx, trunk_width, sizes.features, model.bn_momentum, distill)
 
@@ -214,12 +219,11 @@ def train_and_evaluate(
             state = init()
         start = int(jax.device_get(state.step))
         log = MetricsLog(workdir, resume_step=start, enabled=primary)
-        one_pass = config.variant == "awn" and config.widths.one_pass
         log.console(
             f"{config.model}/{config.variant} on {config.dataset}: {total_steps} steps"
             f" ({config.num_epochs} epochs x {steps_per_epoch}), {mesh.devices.size} device(s),"
             f" {'resuming at step ' + str(start) if start else 'from scratch'}"
-            f"{', one trunk pass per step' if one_pass else ''}."
+            f"{', one trunk pass per step' if trains_in_one_pass(config) else ''}."
         )
         last_saved = start
         interrupted = False

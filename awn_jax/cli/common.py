@@ -82,9 +82,12 @@ def _check_config_module(file: str) -> None:
 
 def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_args: int) -> list[str]:
     """absl's parsing with every problem reported in one line (exit 2); ``--help`` prints the flags."""
-    if any(a in ("-h", "--help", "--helpshort") for a in argv[1:]):
+    def print_help_and_exit():
         print(f"{doc.strip()}\n\nflags:\n{fv.get_help()}")
         sys.exit(0)
+
+    if any(a in ("-h", "--help", "--helpshort") for a in argv[1:]):
+        print_help_and_exit()
     full_help = "--helpfull" in argv
     argv = [a for a in argv if a != "--helpfull"]
     path = _config_file(argv)
@@ -95,7 +98,7 @@ def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_a
     except flags.Error as e:
         problem = str(e).splitlines()[0]
         if "Error whilst parsing config file" in str(e):
-            problem = _config_problem(_config_file(argv), e)
+            problem = _config_problem(path, e)
     except AttributeError as e:
         text = str(e.args[0] if e.args else e).strip("'").replace("\\'", "'").replace("\\n", " ")
         if "get_config" in text:
@@ -108,8 +111,7 @@ def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_a
         problem = _config_problem(path, e)
     else:
         if full_help:  # after parsing, so that --config's fields are listed
-            print(f"{doc.strip()}\n\nflags:\n{fv.get_help()}")
-            sys.exit(0)
+            print_help_and_exit()
         if len(rest) - 1 > max_args:
             problem = f"unexpected arguments: {' '.join(rest[1 + max_args:])}"
         else:
