@@ -72,10 +72,18 @@ def calibrate(
     return {"params": params, "batch_stats": flax.traverse_util.unflatten_dict(stats)}
 
 
+def _this_process_checkpointer() -> ocp.StandardCheckpointer:
+    """Orbax reading or writing for this process alone: calibration runs on each process's own
+    device, with no barrier that other processes would have to join."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"calibration-{me}"))
+
+
 def save_calibration(workdir: str, num: int, widths: Sequence[float], step: int, batch_stats: Any) -> str:
-    """Stores calibrated statistics beside the checkpoints: ``calibration/<N>w/``."""
+    """Stores calibrated statistics beside the checkpoints: ``calibration/<N>w/`` (call on one process)."""
     directory = io.calibration_dir(workdir, num)
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _this_process_checkpointer()
     checkpointer.save(os.path.join(directory, "batch_stats"), batch_stats, force=True)
     checkpointer.wait_until_finished()
     io.atomic_write(os.path.join(directory, "widths.json"),
@@ -95,7 +103,7 @@ def load_calibration(workdir: str, num: int, step: int, widths: Sequence[float],
     if meta.get("step") != step or meta.get("widths") != list(widths):
         return None
     try:
-        restored = ocp.StandardCheckpointer().restore(os.path.join(directory, "batch_stats"), target)
+        restored = _this_process_checkpointer().restore(os.path.join(directory, "batch_stats"), target)
     except Exception as e:  # orbax raises many kinds for damaged files
         raise CheckpointError(f"calibration in {directory} cannot be restored ({e}); delete it to recalibrate.") from None
     return restored

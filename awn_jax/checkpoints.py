@@ -16,13 +16,14 @@ __all__ = ["CheckpointError", "Checkpointer", "save_config", "load_config", "che
 # Fields a resumed run may change without invalidating its checkpoints.
 RESUMABLE_FIELDS = frozenset(
     {"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
-     "eval_batch_size", "data_dir", "data.raw", "data.download", "distributed",
+     "eval_batch_size", "data_dir", "data.raw", "data.download",
      "sweep.after_training", "sweep.grid_step", "sweep.throughput_repeats",
      "sweep.calibration_batches", "sweep.calibrations"}
 )
 # Fields of older versions that no longer exist and never changed what a run computes
-# (perf.conv_batch_chunk: a CPU lowering, now chosen by awn_jax.conv.training_lowering).
-RETIRED_FIELDS = frozenset({"perf"})
+# (perf.conv_batch_chunk: a CPU lowering, now chosen by awn_jax.conv.training_lowering;
+# distributed: now the launch flags, which differ per process).
+RETIRED_FIELDS = frozenset({"perf", "distributed"})
 
 
 class CheckpointError(RuntimeError):

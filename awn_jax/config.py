@@ -71,7 +71,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
-    c.distributed = False  # call jax.distributed.initialize() (multi-host)
 
     c.sweep = ml_collections.ConfigDict()
     c.sweep.after_training = True  # main: sweep every width once training ends

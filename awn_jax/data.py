@@ -357,8 +357,9 @@ def train_batches(
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Endless ``(step, batch)`` pairs from ``start_step`` on; drops each epoch's remainder.
 
-    Every process computes the same global batch and keeps its own contiguous
-    ``batch_size / process_count`` slice.
+    Every process computes the same global batch (sorted indices, so that reading is
+    sequential) and keeps its own contiguous ``batch_size / process_count`` slice:
+    the global batch, row for row, does not depend on the process count.
     """
     steps_per_epoch = len(data) // batch_size
     if steps_per_epoch == 0:
@@ -370,7 +371,7 @@ def train_batches(
         order = epoch_permutation(seed, epoch, len(data))
         for i in range(offset, steps_per_epoch):
             idx = order[i * batch_size : (i + 1) * batch_size]
-            idx = np.sort(idx[process_index * local : (process_index + 1) * local])
+            idx = np.sort(idx)[process_index * local : (process_index + 1) * local]
             yield step, {"image": data.images[idx], "label": data.labels[idx]}
             step += 1
 

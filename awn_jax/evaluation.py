@@ -61,7 +61,7 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
     model = from_config(config, info.num_classes)
     # The schedule does not shape the optimizer state; any steps_per_epoch restores it.
     target = steps.abstract_state(model, optim.make_optimizer(config, 1), info.image_shape,
-                                  sharding.replicated(sharding.data_mesh(jax.devices()[:1])))
+                                  sharding.replicated(sharding.data_mesh(jax.local_devices()[:1])))
     ckpt = checkpoints.Checkpointer(workdir)
     try:
         step = ckpt.latest_step() if step is None else step
@@ -92,8 +92,10 @@ def _prepare(images: jax.Array, info: data.DatasetInfo) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _eval_program(model: Any, widths: tuple[float, ...], one_pass: bool):
-    return jax.jit(functools.partial(steps.eval_counts, model=model, widths=widths, one_pass=one_pass))
+def _eval_program(model: Any, widths: tuple[float, ...], one_pass: bool, mesh: Any):
+    # Replicated counts can be read on every process, whichever devices the mesh spans.
+    return jax.jit(functools.partial(steps.eval_counts, model=model, widths=widths, one_pass=one_pass),
+                   out_shardings=sharding.replicated(mesh))
 
 
 def accuracies(
@@ -118,23 +120,24 @@ def accuracies(
       batch_size: global examples per batch; rounded up to a multiple of the device count.
       one_pass: one trunk pass for all widths (default: :func:`default_one_pass`);
         otherwise one compiled program per width.
-      mesh: the device mesh to shard batches over (default: one device).
+      mesh: the device mesh to shard batches over (default: one device of this
+        process); with devices of several processes, every process calls this with
+        the same arguments.
 
     Returns:
       ``{width: (top1, top5)}``.
     """
-    mesh = mesh if mesh is not None else sharding.data_mesh(jax.devices()[:1])
+    mesh = mesh if mesh is not None else sharding.data_mesh(jax.local_devices()[:1])
     one_pass = default_one_pass(model) if one_pass is None else one_pass
     widths = tuple(widths)
     groups = [widths] if one_pass else [(w,) for w in widths]
     batch_size += -batch_size % mesh.devices.size
-    variables = jax.device_put(variables, sharding.replicated(mesh))
-    batched = sharding.batch_sharded(mesh)
+    variables = sharding.replicate(variables, mesh)
     totals = None
     for batch in data.eval_batches(split, batch_size):
-        arrays = jax.device_put(batch, batched)
+        arrays = sharding.shard_whole_batch(mesh, batch)
         images = _prepare(arrays["image"], info)
-        hits = [_eval_program(model, group, one_pass)(variables, images, arrays["label"], arrays["mask"])
+        hits = [_eval_program(model, group, one_pass, mesh)(variables, images, arrays["label"], arrays["mask"])
                 for group in groups]
         totals = hits if totals is None else [t + h for t, h in zip(totals, hits)]
     rows = [row for group in jax.device_get(totals) for row in group]

@@ -23,6 +23,8 @@ def _plain(value: Any) -> Any:
 class MetricsLog:
     """Appends one JSON object per record to ``<workdir>/metrics.jsonl`` and TensorBoard.
 
+    Disabled (``enabled=False``: the processes other than 0), it writes and prints nothing.
+
     On resume, records after the restored step are dropped so the file holds one
     history without duplicates.
     """
@@ -66,9 +68,10 @@ class MetricsLog:
                 self._writer.add_scalar(f"{kind}/{key}", value, step)
         self._writer.flush()
 
-    @staticmethod
-    def console(message: str) -> None:
-        print(message, file=sys.stdout, flush=True)
+    def console(self, message: str) -> None:
+        """Prints ``message`` (process 0 only, in a run of several processes)."""
+        if self.enabled:
+            print(message, file=sys.stdout, flush=True)
 
     def close(self) -> None:
         if self._writer is not None:

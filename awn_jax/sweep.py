@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awn_jax import calibration, compilation, costs, data, evaluation, io, report, steps
+from awn_jax import calibration, compilation, costs, data, evaluation, io, multihost, report, sharding, steps
 from awn_jax.models import channel_sizes
 from awn_jax.widths import calibration_widths, is_reference_width, num_channels, smallest_trained_width, sweep_widths
 
@@ -75,7 +75,8 @@ def calibrated_variables(run: evaluation.Run, num: int, train_split: data.Split 
         batches.append(data.preprocess(jnp.asarray(batch["image"]), run.info, rng))
     variables = calibration.calibrate(model, run.variables["params"], run.variables["batch_stats"],
                                       batches, widths)
-    calibration.save_calibration(workdir, num, widths, run.step, variables["batch_stats"])
+    if multihost.is_primary():
+        calibration.save_calibration(workdir, num, widths, run.step, variables["batch_stats"])
     return model, variables
 
 
@@ -101,7 +102,8 @@ def sweep(
       throughput_repeats: timed batches per width (default ``config.sweep.throughput_repeats``).
       splits: in-memory ``(train, test)`` splits instead of loading the dataset.
       test_examples: evaluate the first N test images (0: all; default: the run's config).
-      write: write the result files.
+      write: write the result files (process 0 does, in a run of several processes,
+        where every process calls this and the accuracies span all their devices).
 
     Returns:
       ``{"summary": {...}, "rows": [...]}`` as written to ``sweep.json``.
@@ -122,7 +124,7 @@ def sweep(
         use_one_pass = evaluation.default_one_pass(model) if one_pass is None else one_pass
         eval_start = time.perf_counter()
         acc = evaluation.accuracies(model, variables, test_split, run.info, widths, c.eval_batch_size,
-                                    one_pass=use_one_pass)
+                                    one_pass=use_one_pass, mesh=sharding.data_mesh())
         accuracy_seconds = time.perf_counter() - eval_start
         repeats = c.sweep.throughput_repeats if throughput_repeats is None else throughput_repeats
         speed = throughput(model, variables, run.info, widths, c.eval_batch_size, repeats)
@@ -148,7 +150,7 @@ def sweep(
         "programs_from_cache": compiled.from_cache,
     }
     result = {"summary": summary, "rows": rows}
-    if write:
+    if write and multihost.is_primary():
         write_outputs(io.eval_dir(workdir, calibration), result)
     return result
 

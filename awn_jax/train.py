@@ -3,8 +3,9 @@
 Data parallelism is ``jax.jit`` over a 1-D device mesh (``awn_jax.sharding``): the
 batch is sharded along ``'data'`` and the state replicated. The steps are written
 for the global batch, so BatchNorm statistics span every device and results do not
-depend on the device count. Multi-host: set ``config.distributed`` and start one
-process per host; each loads its slice of every global batch.
+depend on the device count. Several processes (hosts) run the same loop after
+``awn_jax.multihost.initialize``; each loads its slice of every global batch, all
+save checkpoints together, and process 0 alone writes the other files.
 
 The pure steps live in ``awn_jax.steps``; this module compiles them (once per
 static setting, cached) and runs the loop: resume, log, evaluate, checkpoint, stop
@@ -25,7 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from awn_jax import checkpoints, conv, data, evaluation, io, optim, sharding, steps
+from awn_jax import checkpoints, conv, data, evaluation, io, multihost, optim, sharding, steps
 from awn_jax.config import validate
 from awn_jax.metrics_log import MetricsLog
 from awn_jax.models import from_config
@@ -175,8 +176,6 @@ def train_and_evaluate(
       ``{"step": final step, "accuracy": {width: top-1}, "interrupted": bool, "state": state}``.
     """
     validate(config)
-    if config.distributed:
-        jax.distributed.initialize()
     info = data.get_info(config.dataset)
     train, test = splits if splits is not None else data.load_data(config)
     steps_per_epoch = len(train) // config.batch_size
@@ -190,18 +189,31 @@ def train_and_evaluate(
     tx = optim.make_optimizer(config, steps_per_epoch)
     schedule = optim.make_schedule(config, steps_per_epoch)
     train_step = make_train_step(config, model, tx, info, mesh)
-    primary = jax.process_index() == 0
+    primary = multihost.is_primary()
 
-    # Everything that can refuse a workdir reads only, so a refused start writes nothing.
-    io.check_workdir_free(workdir)
-    state = None
-    if os.path.exists(io.checkpoints_dir(workdir)):
-        ckpt = checkpoints.Checkpointer(workdir)  # refuses a file in its place
-        start = ckpt.latest_step()
-        if start is not None:
+    # Everything that can refuse a workdir reads only, so a refused start writes nothing. Process 0
+    # alone checks the lock (it takes it for all); the processes agree before any of them goes on.
+    refusal = None
+    try:
+        if primary:
+            io.check_workdir_free(workdir)
+        resume = os.path.exists(io.checkpoints_dir(workdir))
+        if resume:
+            ckpt = checkpoints.Checkpointer(workdir)  # refuses a file in its place
+            resume = ckpt.latest_step() is not None
+            ckpt.close()
+        if resume:
             checkpoints.check_same_run(workdir, config)
-            target = steps.abstract_state(model, tx, info.image_shape, sharding.replicated(mesh))
-            state = ckpt.restore(target, start)
+    except (checkpoints.CheckpointError, io.WorkdirBusyError) as e:
+        refusal = e
+    if not multihost.all_agree(refusal is None):
+        raise refusal or multihost.DistributedError("another process of this run refused the workdir; its"
+                                                    " error line says why.")
+    state = None
+    if resume:
+        ckpt = checkpoints.Checkpointer(workdir)
+        target = steps.abstract_state(model, tx, info.image_shape, sharding.replicated(mesh))
+        state = ckpt.restore(target, ckpt.latest_step())
         ckpt.close()
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -230,6 +242,7 @@ def train_and_evaluate(
         window_start, window_images, run_start = time.perf_counter(), 0, time.perf_counter()
         batches = data.train_batches(train, config.batch_size, config.seed, start,
                                      jax.process_index(), jax.process_count())
+        several = jax.process_count() > 1
         with _StopRequest() as stop:
             for step, batch in batches:
                 if step >= total_steps:
@@ -269,7 +282,9 @@ def train_and_evaluate(
                 if done % config.checkpoint_every_steps == 0:
                     ckpt.save(done, state)
                     last_saved = done
-                if stop.requested or (stop_after_steps is not None and done >= stop_after_steps):
+                # Each process gets its own SIGTERM; they stop at the step they agree on.
+                requested = multihost.any_process(stop.requested) if several else stop.requested
+                if requested or (stop_after_steps is not None and done >= stop_after_steps):
                     interrupted = done < total_steps
                     break
         final_step = int(jax.device_get(state.step))

@@ -12,18 +12,25 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
+import traceback
 from typing import Callable, Sequence
 
+import jax
 from absl import flags, logging
 
-from awn_jax import checkpoints, config as config_lib, data, io, runtime
+from awn_jax import checkpoints, config as config_lib, data, io, multihost, runtime
 from awn_jax.compilation import enable_compilation_cache
 
-__all__ = ["USER_ERRORS", "UsageError", "new_flags", "run"]
+__all__ = ["USER_ERRORS", "UsageError", "new_flags", "define_launch_flags", "join_run", "run"]
 
 # Errors that the user can fix; reported in one line.
-USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError, ValueError)
+USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError,
+               multihost.DistributedError, ValueError)
+# How JAX's runtime words a collective or coordination failure: another process is gone.
+_LOST_PROCESS = re.compile(r"Gloo|coordination service|heartbeat|Connection reset|Connection closed|Socket closed",
+                           re.IGNORECASE)
 
 
 class UsageError(ValueError):
@@ -37,6 +44,28 @@ def new_flags() -> flags.FlagValues:
     flags.DEFINE_bool("tune_allocator", True, "Keep freed host memory for reuse (glibc), so XLA:CPU's temporaries"
                       " are not page-faulted every step (docs/PERFORMANCE_NOTES.md).", flag_values=fv)
     return fv
+
+
+def define_launch_flags(fv: flags.FlagValues) -> None:
+    """The flags with which one process joins a run of several (``jax.distributed.initialize``'s names)."""
+    flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0's coordinator"
+                        " (a free port on process 0's host).", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Several processes: how many.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0..num_processes-1.",
+                         flag_values=fv)
+    flags.DEFINE_bool("distributed", False, "Join a run of several processes that JAX detects by itself (TPU pod"
+                      " slice, SLURM, Open MPI, Kubernetes).", flag_values=fv)
+    flags.DEFINE_integer("distributed_timeout", 60, "Seconds to wait for all processes at start, and for a silent"
+                         " process before the run is declared failed.", flag_values=fv)
+
+
+def join_run(fv: flags.FlagValues) -> None:
+    """Joins the run of several processes the launch flags describe (nothing for a single process).
+
+    Call first in a command's ``main``, before anything uses JAX.
+    """
+    multihost.initialize(multihost.Launch(fv.coordinator_address, fv.num_processes, fv.process_id,
+                                          auto=fv.distributed, timeout_s=fv.distributed_timeout))
 
 
 def _config_file(argv: Sequence[str]) -> str | None:
@@ -103,6 +132,9 @@ def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_a
         text = str(e.args[0] if e.args else e).strip("'").replace("\\'", "'").replace("\\n", " ")
         if "get_config" in text:
             problem = _config_problem(path, e)
+        elif text.strip("\"' ") == "distributed":  # retired in favour of the launch flags
+            problem = ("--config.distributed is now the flag --distributed (launch settings differ per"
+                       " process, so they are flags, not part of the run's config)")
         else:  # config_flags: an override names no config field
             problem = f"unknown config field {' '.join(text.split())}"
     except Exception as e:  # a config file that fails to load raises whatever it raises
@@ -136,7 +168,8 @@ def run(main: Callable[[flags.FlagValues, list[str]], int | None], fv: flags.Fla
       errors: more exception types this command reports in one line.
 
     Returns:
-      The exit status: 0, 2 for bad input, or what ``main`` returned.
+      The exit status: 0, 2 for bad input, 1 when another process of the run was lost
+      (or for a bug, in a run of several processes), or what ``main`` returned.
     """
     argv = list(sys.argv if argv is None else argv)
     try:
@@ -148,10 +181,36 @@ def run(main: Callable[[flags.FlagValues, list[str]], int | None], fv: flags.Fla
     enable_compilation_cache()
     if not fv.debug:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    several = False
     try:
-        return main(fv, args) or 0
-    except (*USER_ERRORS, UsageError, *errors) as e:
-        if fv.debug:
+        status = main(fv, args) or 0
+    except Exception as e:
+        several = jax.distributed.is_initialized()
+        lost = several and bool(_LOST_PROCESS.search(str(e)))
+        user = isinstance(e, (*USER_ERRORS, UsageError, *errors)) and not lost
+        if not several and (fv.debug or not user):
             raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        if fv.debug or not (user or lost):  # a bug: show where, as a single process would
+            traceback.print_exc()
+        else:
+            print(f"error: {_one_line(e, several)}", file=sys.stderr)
+        status = 2 if user else 1
+    if status and several:
+        # JAX's orderly exit waits at a barrier for every other process, which a failed run may never
+        # reach; a failed process leaves at once, and the others' next collective fails with it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _one_line(error: BaseException, several: bool) -> str:
+    """The error's message in one line; in a run of several processes, says which process and why."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if not several:
+        return text
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    if _LOST_PROCESS.search(text):
+        return (f"{where}: another process of this run stopped or became unreachable ({text[:300]}). The"
+                " checkpoints on disk are intact: start every process again to resume.")
+    return f"{where}: {text}"

@@ -8,7 +8,9 @@
 For AWN the whole width-accuracy curve comes from one full-width trunk pass per
 batch plus one classifier head per width; --one_pass=false evaluates each width
 with its own program instead. Every width's program is compiled once; the
-persistent compilation cache makes a second sweep compile nothing.
+persistent compilation cache makes a second sweep compile nothing. With the launch
+flags of training (--coordinator_address, --num_processes, --process_id, or
+--distributed), every process evaluates its share of each batch and process 0 writes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Sequence
 
 from absl import flags
 
-from awn_jax import io, report, sweep
+from awn_jax import io, multihost, report, sweep
 from awn_jax.cli import common
 
 PROG = "python -m awn_jax.evaluate"
@@ -44,18 +46,23 @@ def define_flags() -> flags.FlagValues:
                        " (reuses the saved sweep).", flag_values=fv)
     flags.DEFINE_float("budget_ms", None, "Pick the widest width whose measured time per eval batch fits"
                        " (reuses the saved sweep).", flag_values=fv)
+    common.define_launch_flags(fv)
     return fv
 
 
 def main(fv: flags.FlagValues, args: list[str]) -> int:
     """Compares sweeps, or sweeps a workdir (reusing a saved sweep for a budget) and picks a width."""
-    if fv.compare:
+    if not fv.workdir and not fv.compare:
+        raise common.UsageError("give --workdir (or --compare).")
+    common.join_run(fv)
+    primary = multihost.is_primary()
+    say = print if primary else lambda *_: None
+    if fv.compare:  # files only: process 0 does it
         if fv.out:
             io.check_output_file(fv.out, "--out")
-        print(report.compare(fv.compare, fv.out))
+        if primary:
+            print(report.compare(fv.compare, fv.out))
         return 0
-    if not fv.workdir:
-        raise common.UsageError("give --workdir (or --compare).")
     budget = fv.budget_macs is not None or fv.budget_ms is not None
     saved = io.sweep_path(fv.workdir, fv.calibration)
     if budget and fv.step is None and os.path.exists(saved):
@@ -64,11 +71,11 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
         one_pass = {"auto": None, "true": True, "false": False}[fv.one_pass]
         result = sweep.sweep(fv.workdir, step=fv.step, calibration=fv.calibration, one_pass=one_pass,
                              throughput_repeats=fv.throughput_repeats, test_examples=fv.test_examples)
-        print(report.format_summary(result))
-        print(f"wrote {os.path.dirname(saved)}/sweep.json, sweep.csv, sweep.png")
+        say(report.format_summary(result))
+        say(f"wrote {os.path.dirname(saved)}/sweep.json, sweep.csv, sweep.png")
     if budget:
         row = report.choose_width(result, budget_macs=fv.budget_macs, budget_ms=fv.budget_ms)
-        print(report.format_choice(result, row))
+        say(report.format_choice(result, row))
     return 0
 
 

@@ -15,7 +15,10 @@ Any config field can be overridden with --config.FIELD=VALUE; the common ones:
     data.train_examples  train on the first N images (0: all); data.test_examples likewise
     checkpoint_every_steps, keep_checkpoints, log_every_steps, eval_widths
     sweep.after_training sweep every width when training ends (sweep.calibrations for US-Net)
-    distributed          multi-host: call jax.distributed.initialize()
+
+Several processes (hosts) train one run when each is started with the same command
+plus --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or --distributed
+on a TPU pod slice, under SLURM or MPI); README.md, "Several hosts".
 
 Every field, its default and its meaning: awn_jax/config.py (base_config). With a
 --config given, --helpfull lists every --config.FIELD flag. Re-running with the same
@@ -28,11 +31,10 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
-from awn_jax import report, sweep, train
+from awn_jax import multihost, report, sweep, train
 from awn_jax.cli import common
 
 PROG = "python -m awn_jax.main"
@@ -46,16 +48,20 @@ def define_flags(argv: Sequence[str]) -> flags.FlagValues:
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, config.json, metrics and results.",
                         flag_values=fv)
     flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+    common.define_launch_flags(fv)
     return fv
 
 
 def main(fv: flags.FlagValues, args: list[str]) -> int:
     """Trains, then sweeps every width (each calibration, for US-Net) unless interrupted."""
+    common.join_run(fv)
     config = fv.config
     result = train.train_and_evaluate(config, fv.workdir)
-    if config.sweep.after_training and not result["interrupted"] and jax.process_index() == 0:
+    if config.sweep.after_training and not result["interrupted"]:
         for num in config.sweep.calibrations if config.variant == "usnet" else (0,):
-            print(report.format_summary(sweep.sweep(fv.workdir, calibration=num)))
+            summary = report.format_summary(sweep.sweep(fv.workdir, calibration=num))  # on every process
+            if multihost.is_primary():
+                print(summary)
     return 0
 
 
