@@ -1,11 +1,21 @@
-"""Shared test set-up: CPU only, quiet logs."""
+"""Shared test set-up: CPU only, quiet logs, one compilation cache per test run."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent compilation cache for the whole run, shared by the xdist workers and the
+# commands the tests start (they inherit the variable): the same programs recur across tests,
+# and loading one is much faster than compiling it. Fresh per run, so no test sees another
+# run's programs.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+_OWN_CACHE = "AWN_JAX_CACHE_DIR" not in os.environ  # a directory the user chose is never removed
+CACHE_DIR = os.environ.setdefault("AWN_JAX_CACHE_DIR",
+                                  os.path.join(tempfile.gettempdir(), f"awn_jax_test_cache_{_RUN}"))
 
 
 # Tests that share an expensive module-scoped fixture run on one xdist worker (README's test
@@ -15,6 +25,14 @@ SHARED_FIXTURES = ("trained_runs", "trained", "runs", "awn_runs", "usnet_runs")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts real processes (multi-process runs); -m 'not slow' skips them")
+    from awn_jax.compilation import enable_compilation_cache
+
+    enable_compilation_cache(CACHE_DIR)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):  # the controller, after all workers
+        shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

@@ -59,7 +59,7 @@ def _free_port() -> int:
 
 
 def _env(files, devices=1):
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", AWN_JAX_CACHE_DIR=str(files / "cache"),
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
