@@ -91,8 +91,9 @@ def test_resnet_awn_hidden_maps_are_prefixes_across_widths(w1, w2, train):
     assert _max_prefix_gap("resnet20", "awn", w1, w2, train) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["lenet3c1l", "mobilenet_v2", "resnet20"])
-@pytest.mark.parametrize("train", [False, True])
+# ResNet-20 in train mode only: its sliced convs alone break the invariance in either mode.
+@pytest.mark.parametrize("name,train", [(name, train) for name in ("lenet3c1l", "mobilenet_v2")
+                                        for train in (False, True)] + [("resnet20", True)])
 def test_standard_variant_violates_prefix_invariance(name, train):
     assert _max_prefix_gap(name, "standard", 0.5, 1.0, train) > 1e-2
 
