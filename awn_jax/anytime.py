@@ -11,8 +11,8 @@ and the classifier's logits grow by the new inputs' contribution::
         logits, cache = anytime.widen(model, variables, images, cache, width=1.0)
 
 Works for any Flax model built from this library's triangular layers, depthwise
-convs and :class:`~awn_jax.layers.PrefixBatchNorm` (LeNet-3C1L, MobileNetV2 and
-one's own), in eval mode. Flax's method interception reroutes each call of a
+convs and :class:`~awn_jax.layers.PrefixBatchNorm` (LeNet-3C1L, MobileNetV2, the
+ResNets and one's own), in eval mode. Flax's method interception reroutes each call of a
 layer that has a ``widen`` method (the :class:`~awn_jax.layers.Widenable`
 protocol) to ``layer.widen(cached_output, *call_args, new_from=cache.width)``,
 which computes only the new channels and joins them to the cached ones; the

@@ -14,7 +14,8 @@ from awn_jax.data import DATASETS
 from awn_jax.models import MODELS, VARIANTS
 from awn_jax.widths import SNET_WIDTHS
 
-__all__ = ["base_config", "lenet_config", "mobilenet_config", "validate", "apply_smoke", "ConfigError"]
+__all__ = ["base_config", "lenet_config", "mobilenet_config", "resnet_config", "validate", "apply_smoke",
+           "ConfigError"]
 
 WIDTH_MODES = ("fixed", "sandwich")
 SCHEDULES = ("step", "linear", "constant")
@@ -134,10 +135,33 @@ def mobilenet_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # Per-width passes compile one program per distinct channel configuration; MobileNetV2
     # has hundreds in [0.35, 1], so random widths are drawn on a 0.01 grid (66 programs).
     c.widths.grid_step = 0.01
-    if arg == "smoke":
-        apply_smoke(c)
-        c.batch_size, c.num_epochs = 32, 1
-        c.data.train_examples = c.data.test_examples = 256
+    return _apply_cpu_smoke(c) if arg == "smoke" else c
+
+
+def resnet_config(model: str, dataset: str, arg: str = "") -> ml_collections.ConfigDict:
+    """A CIFAR-layout ResNet (``resnet20``, ``resnet56``) on ``dataset`` with He et al.'s protocol.
+
+    SGD with momentum 0.9, lr 0.1, weight decay 1e-4 on every parameter, batch 128, 160
+    epochs (He et al.: 64k iterations, ~164 epochs), lr x0.1 at 50% and 75% of training;
+    the usual four fixed widths (``--config.widths.mode=sandwich`` for AWN+RS / US-Net).
+    Random widths need no grid: the baselines' 16/32/64-channel layers have 85 channel
+    configurations in [0.25, 1], which bounds the programs per-width training compiles.
+    """
+    _check_arg(arg)
+    c = base_config()
+    c.model, c.dataset = model, dataset
+    c.num_epochs = 160
+    c.learning_rate = 0.1
+    c.weight_decay = 1e-4
+    c.eval_batch_size = 500
+    return _apply_cpu_smoke(c) if arg == "smoke" else c
+
+
+def _apply_cpu_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """:func:`apply_smoke` cut further for models that train slowly on a CPU: one epoch of 256 images."""
+    apply_smoke(c)
+    c.batch_size, c.num_epochs = 32, 1
+    c.data.train_examples = c.data.test_examples = 256
     return c
 
 

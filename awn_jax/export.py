@@ -79,8 +79,8 @@ def export(model: nn.Module, variables: Any, image_shape: Sequence[int], width: 
     """The sub-network of ``model`` at ``width`` as a plain Flax model and its variables.
 
     Args:
-      model: a :class:`~awn_jax.models.LeNet3C1L` or :class:`~awn_jax.models.MobileNetV2`
-        of any trainable variant.
+      model: a registered model (``awn_jax.models.MODELS``: LeNet-3C1L, MobileNetV2, the
+        ResNets) of any trainable variant.
       variables: its variables (US-Net: calibrated statistics if it has them).
       image_shape: one input's shape, e.g. ``(28, 28, 1)``.
       width: the width to export.

@@ -404,7 +404,8 @@ class _PrefixNorm(nn.Module):
 
     Follows PyTorch's semantics, as the reference code does: normalise with the
     biased batch variance, track the unbiased one; ``momentum`` is Flax's (the
-    weight of the old value), so PyTorch's 0.1 is 0.9 here.
+    weight of the old value), so PyTorch's 0.1 is 0.9 here. ``scale_init``
+    initialises the scale (ones; ResNets zero the last one of a residual branch).
     """
 
     features: int
@@ -412,9 +413,10 @@ class _PrefixNorm(nn.Module):
     epsilon: float = 1e-5
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    scale_init: Initializer = nn.initializers.ones
 
     def _affine(self, suffix: str, size: int) -> tuple[Array, Array]:
-        scale = self.param("scale" + suffix, nn.initializers.ones, (size,), self.param_dtype)
+        scale = self.param("scale" + suffix, self.scale_init, (size,), self.param_dtype)
         bias = self.param("bias" + suffix, nn.initializers.zeros, (size,), self.param_dtype)
         return scale, bias
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from awn_jax import anytime, checkpoints, costs, export, layers, report
-from awn_jax.models import LeNet3C1L, MobileNetV2
+from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet20
+from helpers import random_variables
 
 # A MobileNetV2 that compiles in seconds, with what matters: expansion, depthwise
 # convs, a stride-2 block and residual blocks (the repeated ones). The CIFAR layout
@@ -16,15 +17,8 @@ SMALL_BLOCKS = ((1, 8, 1, 1), (6, 12, 2, 1), (6, 16, 2, 2))
 
 
 def _randomised(model, shape, seed=0):
-    """Variables with every parameter and statistic perturbed, so no channel is trivial."""
-    x = jnp.zeros((1, *shape))
-    variables = model.init(jax.random.key(seed), x)
-    leaves, tree = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [leaf + 0.5 * jax.random.normal(k, leaf.shape) * (jnp.std(leaf) + 0.1) for leaf, k in zip(leaves, keys)]
-    variables = jax.tree.unflatten(tree, leaves)
-    variables["batch_stats"] = jax.tree.map(lambda a: jnp.abs(a) + 0.5, variables["batch_stats"])
-    return variables
+    """Random parameters and statistics, so no channel is trivial (``helpers.random_variables``)."""
+    return random_variables(model, jnp.zeros((1, *shape)), seed)
 
 
 def _images(shape, n=3, seed=0):
@@ -38,6 +32,8 @@ def _close(a, b):
 
 LENET = (LeNet3C1L(), (28, 28, 1))
 SMALL_MBV2 = (MobileNetV2(block_settings=SMALL_BLOCKS, last_channels=64), (32, 32, 3))
+# ResNet-20 whole (identity and projection shortcuts; stages at 8, 4 and 2 pixels).
+RESNET = (ResNet20(), (8, 8, 3))
 
 
 def _chain_errors(model, chain, method=None):
@@ -55,7 +51,8 @@ def _chain_errors(model, chain, method=None):
     return jax.jit(errors)
 
 
-@pytest.mark.parametrize("model,shape,chains", [(*LENET, 8), (*SMALL_MBV2, 3)], ids=["lenet", "mobilenet_v2"])
+@pytest.mark.parametrize("model,shape,chains", [(*LENET, 8), (*SMALL_MBV2, 3), (*RESNET, 1)],
+                         ids=["lenet", "mobilenet_v2", "resnet20"])
 def test_widening_equals_a_direct_pass_over_random_width_chains(model, shape, chains):
     variables = _randomised(model, shape)
     x = _images(shape)
@@ -77,7 +74,8 @@ def test_the_cache_crosses_jit_boundaries():
     _close(out, model.apply(variables, x, width=1.0))
 
 
-@pytest.mark.parametrize("model,shape", [LENET, (MobileNetV2(), (32, 32, 3))], ids=["lenet", "mobilenet_v2"])
+@pytest.mark.parametrize("model,shape", [LENET, (MobileNetV2(), (32, 32, 3)), (ResNet20(), (32, 32, 3))],
+                         ids=["lenet", "mobilenet_v2", "resnet20"])
 def test_widening_computes_exactly_the_macs_the_wider_width_adds(model, shape):
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
     macs = {w: costs.width_cost(model, variables, shape, w).macs for w in (0.25, 0.5, 0.61, 1.0)}
@@ -171,8 +169,12 @@ def test_choose_width_reads_macs_or_latency_from_a_sweep():
 def _assert_plain(plain, plain_vars, x):
     """Stock Flax layers only, no masks or slicing: every variable is used whole."""
     bound = plain.bind(plain_vars)
-    modules = [bound.conv1, bound.bn1, bound.classifier] if hasattr(bound, "conv1") else \
-        [bound.stem, bound.stem_bn, bound.blocks[0].depthwise, bound.classifier]
+    if isinstance(plain, LeNet3C1L):
+        modules = [bound.conv1, bound.bn1, bound.classifier]
+    else:
+        block = bound.blocks[0]
+        modules = [bound.stem, bound.stem_bn, block.depthwise if isinstance(plain, MobileNetV2) else block.convs[0],
+                   bound.classifier]
     assert all(isinstance(m, (nn.Conv, nn.BatchNorm, nn.Dense)) for m in modules)
     _, state = plain.apply(plain_vars, x, mutable=["effective", "costs"])
     assert not state  # the any-width layers' records: none here
@@ -231,3 +233,15 @@ def test_exported_baseline_mobilenet_v2_equals_the_any_width_model(variant):
     plain, plain_vars = export.export(model, variables, shape, 0.3)
     _assert_plain(plain, plain_vars, x)
     _close(plain.apply(plain_vars, x), model.apply(variables, x, width=0.3))
+
+
+def test_exported_resnet20_equals_the_any_width_model():
+    model, shape = RESNET
+    variables = _randomised(model, shape)
+    x = _images(shape, n=2)
+    plain, plain_vars = export.export(model, variables, shape, 0.4)
+    _assert_plain(plain, plain_vars, x)
+    assert isinstance(plain, ResNet20) and plain.variant == "plain"
+    _close(jax.jit(plain.apply)(plain_vars, x), model.apply(variables, x, width=0.4))
+    nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
+    assert nonzeros == costs.width_cost(model, variables, shape, 0.4).params

@@ -10,20 +10,22 @@ import pytest
 from awn_jax import costs
 from awn_jax.models import PLAIN, VARIANTS, LeNet3C1L, MobileNetV2, create_model
 from awn_jax.widths import num_channels
+from helpers import random_variables
 
 LENET_X = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
 MBV2_X = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+# 8x8 images: stages at 8, 4 and 2 pixels, still 8 values per BatchNorm channel in train mode.
+RESNET_X = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype(np.float32)
+INPUTS = {"lenet3c1l": LENET_X, "mobilenet_v2": MBV2_X, "resnet20": RESNET_X}
 
 
 @functools.lru_cache(maxsize=None)
 def _model_and_variables(name, variant):
     model = create_model(name, variant=variant)
-    x = LENET_X if name == "lenet3c1l" else MBV2_X
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.asarray(x))
-    # Non-trivial running statistics, so eval mode tests more than the identity.
-    rng = np.random.default_rng(2)
-    stats = jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype), variables["batch_stats"])
-    return model, x, {"params": variables["params"], "batch_stats": stats}
+    x = INPUTS[name]
+    # Random parameters and running statistics, so no channel is trivial (ResNets zero a scale per
+    # block at init) and eval mode tests more than the identity.
+    return model, x, random_variables(model, jnp.asarray(x), seed=2)
 
 
 def _is_hidden(module, method_name):
@@ -82,8 +84,16 @@ def test_mobilenet_awn_hidden_maps_are_prefixes_across_widths(w1, w2, train):
     assert _max_prefix_gap("mobilenet_v2", "awn", w1, w2, train) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["lenet3c1l", "mobilenet_v2"])
 @pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("w1,w2", _width_pairs(1, 2))
+def test_resnet_awn_hidden_maps_are_prefixes_across_widths(w1, w2, train):
+    # Every block's output, identity and projection shortcuts included, and so ResNet.features.
+    assert _max_prefix_gap("resnet20", "awn", w1, w2, train) < 1e-5
+
+
+# ResNet-20 in train mode only: its sliced convs alone break the invariance in either mode.
+@pytest.mark.parametrize("name,train", [(name, train) for name in ("lenet3c1l", "mobilenet_v2")
+                                        for train in (False, True)] + [("resnet20", True)])
 def test_standard_variant_violates_prefix_invariance(name, train):
     assert _max_prefix_gap(name, "standard", 0.5, 1.0, train) > 1e-2
 
@@ -154,6 +164,85 @@ def test_mobilenet_awn_has_sqrt2_wider_layers():
     assert p["stem"]["kernel"].shape == (3, 3, 3, 45)
     assert p["head"]["kernel"].shape[-1] == round(1280 * 2**0.5)
     assert p["classifier"]["kernel"].shape == (round(1280 * 2**0.5), 10)
+
+
+def _reads(c_in, c_out):
+    """Inputs each output of a triangular layer reads (REFERENCE.md), by bisection over floats.
+
+    Output ``o`` becomes active at the smallest width ``w`` where ``max(1, round(w * c_out)) > o``
+    and reads the inputs active there; written out here, apart from ``awn_jax.masks``.
+    """
+    count = lambda w, c: max(1, round(w * c))  # noqa: E731
+    reads = [1]  # output 0 is active at every width, where one input is
+    for o in range(1, c_out):
+        lo, hi = 0.0, 1.0  # count(lo) <= o < count(hi)
+        while (mid := (lo + hi) / 2) not in (lo, hi):
+            lo, hi = (lo, mid) if count(mid, c_out) > o else (mid, hi)
+        reads.append(count(hi, c_in))
+    return reads
+
+
+def _cifar_resnet_count(blocks, base, width, triangular, hw=32, in_channels=3, classes=10):
+    """Active parameters and MACs per image of a CIFAR ResNet, by hand from its layer shapes.
+
+    Stem 3x3 conv (reads every image channel) + BatchNorm; per stage ``blocks`` basic blocks of
+    two 3x3 convs + BatchNorms, the first block of stages 2 and 3 at stride 2 with a 1x1
+    projection + BatchNorm; global pool; dense with bias (all classes). Convs have no bias.
+    """
+    full = [max(1, round(c * (2 ** 0.5 if triangular else 1.0))) for c in base]
+    act = [max(1, round(width * c)) for c in full]
+
+    def weights(i, o):  # a conv's active weights per kernel position, stage i's channels -> stage o's
+        return sum(_reads(full[i], full[o])[: act[o]]) if triangular else act[i] * act[o]
+
+    params = 9 * in_channels * act[0] + 2 * act[0]
+    macs = hw * hw * 9 * in_channels * act[0]
+    for s in range(3):
+        size = hw // 2 ** s
+        for b in range(blocks):
+            first = s if b else max(s - 1, 0)
+            convs = [(9, first, s), (9, s, s)] + ([(1, s - 1, s)] if s and not b else [])
+            for k, i, o in convs:
+                params += k * weights(i, o) + 2 * act[o]
+                macs += size * size * k * weights(i, o)
+    params += act[2] * classes + classes
+    macs += act[2] * classes
+    return params, macs
+
+
+def test_resnet_costs_match_a_hand_count():
+    for variant in ("standard", "awn"):
+        model = create_model("resnet20", variant=variant)
+        variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        for width in (1.0, 0.3):  # AWN at 0.3: 7/14/27 channels (0.3 * 45 is 13.500000000000002)
+            cost = costs.width_cost(model, variables, (32, 32, 3), width)
+            assert (cost.params, cost.macs) == _cifar_resnet_count(3, (16, 32, 64), width, variant == "awn")
+    assert _cifar_resnet_count(3, (16, 32, 64), 1.0, False)[0] == 272_474
+    # sqrt(2) wider with triangular masks: the active parameters of the baseline, within the
+    # stem and classifier (not masked: one side is fixed) and the rounding.
+    awn, standard = (_cifar_resnet_count(3, (16, 32, 64), 1.0, t)[0] for t in (True, False))
+    assert abs(awn / standard - 1) < 0.03
+
+
+@pytest.mark.parametrize("name,expected", [("resnet56", _cifar_resnet_count(9, (16, 32, 64), 1.0, False)[0]),
+                                           # torchvision's resnet50 (v1.5, no conv biases)
+                                           ("resnet50", 25_557_032)])
+def test_deeper_resnets_have_their_parameter_counts(name, expected):
+    model = create_model(name, variant="standard")
+    shape = (1, 64, 64, 3) if name == "resnet50" else (1, 32, 32, 3)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+    assert costs.count_leaves(variables["params"]) == expected
+    assert costs.width_cost(model, variables, shape[1:], 1.0).params == expected
+
+
+def test_resnet50_awn_rounds_every_added_map_once():
+    model = create_model("resnet50")
+    p = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    shapes = {k: p["blocks_0"][k]["kernel"].shape[-1] for k in ("convs_0", "convs_1", "convs_2", "shortcut")}
+    # round(64 * sqrt 2) = 91 inside the bottleneck; its output and the shortcut both round(256 * sqrt 2) = 362,
+    # not 4 * 91 = 364: the two sides of the addition have one channel count.
+    assert shapes == {"convs_0": 91, "convs_1": 91, "convs_2": 362, "shortcut": 362}
+    assert p["blocks_1"]["convs_0"]["kernel"].shape[-2] == 362 and p["stem"]["kernel"].shape == (7, 7, 3, 91)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ import optax
 import pytest
 
 from awn_jax import steps
-from awn_jax.models import LeNet3C1L, MobileNetV2
+from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet
 from awn_jax.widths import sandwich_widths
+from helpers import random_variables
 
 
 def _setup(model, shape, seed=0):
@@ -67,7 +68,17 @@ def test_lenet_one_pass_equals_per_width_passes(widths, distill):
     _assert_trees_close(stats, ref_stats, rtol=1e-5)
 
 
-def test_mobilenet_one_pass_equals_per_width_passes_in_float64():
+@pytest.mark.parametrize("model,shape,widths", [
+    # The CIFAR layout's code with fewer blocks (expansion, depthwise, stride 2, residuals):
+    # the full one takes minutes to compile in float64 on a CPU.
+    (MobileNetV2(variant="awn", block_settings=((1, 8, 1, 1), (6, 12, 2, 1), (6, 16, 2, 2)), last_channels=64),
+     (4, 32, 32, 3), (1.0, 0.35, 0.62)),
+    # ResNet-20's code with one block per stage (an identity shortcut, two projections) on 8x8
+    # images, two widths and a trunk narrower than the model: every width's program takes
+    # seconds to compile, ResNet-20's whole depth a third more.
+    (ResNet(variant="awn", stage_sizes=(1, 1, 1)), (4, 8, 8, 3), (0.8, 0.35)),
+], ids=["mobilenet_v2", "resnet"])
+def test_one_pass_equals_per_width_passes_in_float64(model, shape, widths):
     """Exact to float64 rounding.
 
     In float32 the two differ by ~3e-3 of the gradient scale: MobileNetV2 stacks ~50
@@ -75,16 +86,11 @@ def test_mobilenet_one_pass_equals_per_width_passes_in_float64():
     between any two float32 evaluation orders. Float64 shows the paths are the same
     function (measured: 4e-14 of scale).
     """
-    # The CIFAR layout's code with fewer blocks (expansion, depthwise, stride 2, residuals):
-    # the full one takes minutes to compile in float64 on a CPU.
-    model = MobileNetV2(variant="awn", block_settings=((1, 8, 1, 1), (6, 12, 2, 1), (6, 16, 2, 2)),
-                        last_channels=64)
     with jax.enable_x64(True):
-        x, labels, state, _ = _setup(model, (4, 32, 32, 3))
-        to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
-        state = state.replace(params=to64(state.params), batch_stats=to64(state.batch_stats))
-        x = jnp.asarray(x, jnp.float64)
-        widths = (1.0, 0.35, 0.62)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float64)
+        labels = jnp.asarray(np.random.default_rng(1).integers(0, 10, shape[0]), jnp.int32)
+        variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), random_variables(model, x))
+        state = steps.TrainState.create(variables["params"], variables["batch_stats"], optax.sgd(0.1))
         ref_losses, ref_grads, ref_stats = _per_width(model, state, x, labels, widths, False)
         losses, grads, stats = _one_pass(model, state, x, labels, widths, False)
         assert jax.tree.leaves(grads)[0].dtype == jnp.float64

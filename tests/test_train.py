@@ -16,9 +16,9 @@ from awn_jax.widths import step_widths
 from helpers import fake_split, load_config, tiny_config
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
-# The MobileNetV2 configs are built, not trained, below: tests/test_notebooks.py trains
+# The MobileNetV2 and ResNet configs are built, not trained, below: tests/test_notebooks.py trains
 # mbv2_cifar10's config (mobilenet_config("cifar10")) through train_and_evaluate on CPU, and
-# mbv2_cifar100 differs from it only in its data.
+# mbv2_cifar100 differs from it only in its data; the ResNets' steps are tested in tests/test_steps.py.
 CONFIGS = ["lenet_fmnist", "lenet_cifar10", "lenet_cifar100"]
 
 
@@ -45,13 +45,15 @@ def test_every_config_builds_and_trains_a_few_steps(name, tmp_path):
     assert len(os.listdir(tmp_path / "tensorboard")) >= 1
 
 
-@pytest.mark.parametrize("name,classes", [("mbv2_cifar10", 10), ("mbv2_cifar100", 100)])
-def test_mbv2_configs_build_their_models(name, classes):
+@pytest.mark.parametrize("name,classes", [("mbv2_cifar10", 10), ("mbv2_cifar100", 100), ("resnet20_fmnist", 10),
+                                          ("resnet20_cifar10", 10), ("resnet56_cifar100", 100)])
+def test_large_model_configs_build_their_models(name, classes):
     config = load_config(name)
     config_lib.validate(config)
     config_lib.validate(tiny_config(name))
-    model = from_config(config, data.get_info(config.dataset).num_classes)
-    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))[0])
+    info = data.get_info(config.dataset)
+    model = from_config(config, info.num_classes)
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, *info.image_shape)))[0])
     assert out.shape == (2, classes)
 
 

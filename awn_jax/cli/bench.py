@@ -1,20 +1,21 @@
-"""Benchmarks: ``python -m awn_jax.bench [--mobilenet] [--anytime] [--steps N]``.
+"""Benchmarks: ``python -m awn_jax.bench [--models=lenet3c1l,resnet20,mobilenet_v2] [--anytime] [--steps N]``.
 
-Prints one table of medians over repeated runs after warm-up:
+Prints, for each model of ``--models`` (default LeNet-3C1L), medians over repeated runs
+after warm-up:
 
-* train-step images/s of every LeNet-3C1L variant (batch 128, Fashion-MNIST
-  shape, 4 widths per step), beside the PyTorch reference's 661 images/s measured
-  on this machine class (REFERENCE.md); MobileNetV2 (CIFAR shape) with --mobilenet;
-* inference images/s at w = 0.25, 0.5, 0.75, 1 and the ratio to w = 1, beside the
-  MACs ratio;
-* compile time per width and for the full 35-width sweep; peak host memory;
+* train-step images/s of each variant (batch 128, 4 widths per step): LeNet-3C1L
+  (Fashion-MNIST shape) beside the PyTorch reference's 661 images/s measured on this
+  machine class (REFERENCE.md); ResNet-20 and MobileNetV2 (CIFAR shape) alone;
 * the AWN step's achieved FLOP/s (XLA's cost analysis) against a large matmul's
   FLOP/s measured in the same run;
+* inference images/s at 4 widths and the ratio to w = 1, beside the MACs ratio, and
+  the compile time per width; for LeNet also the full sweep's compile time; peak host memory;
 * with --anytime (alone): anytime widening w1 -> w2 against a direct pass at w2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import resource
 import sys
@@ -30,7 +31,7 @@ from awn_jax import anytime, costs, data, optim, runtime, sharding, steps, train
 from awn_jax.cli import common
 from awn_jax.config import base_config
 from awn_jax.models import from_config
-from awn_jax.widths import distinct_widths, representatives, step_widths
+from awn_jax.widths import channel_config, distinct_widths, representatives, step_widths, width_grid
 
 PROG = "python -m awn_jax.bench"
 
@@ -47,13 +48,59 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
+@dataclasses.dataclass(frozen=True)
+class Benchmarked:
+    """What the benchmark runs of one model.
+
+    Attributes:
+      label: the model's name in the tables.
+      dataset: whose image shape and classes the model gets.
+      widths: the fixed widths trained and timed for inference (the last is ``w_min``).
+      batch: the inference and widening batch.
+      rows: the train steps timed, ``(variant, width mode, one pass)``.
+      grid_step: sandwich widths' grid for per-width steps (0: continuous), which bounds
+        the programs their warm-up compiles.
+      sweep_compile: also time compiling every sweep width.
+    """
+
+    label: str
+    dataset: str
+    widths: tuple[float, ...]
+    batch: int
+    rows: tuple[tuple[str, str, bool], ...]
+    grid_step: float = 0.0
+    sweep_compile: bool = False
+
+
+ROW_LABELS = {
+    ("awn", "sandwich", True): "AWN+RS, one trunk pass",
+    ("awn", "sandwich", False): "AWN+RS, per-width passes",
+    ("awn", "fixed", True): "AWN, fixed widths, one pass",
+    ("standard", "fixed", True): "standard BN, fixed widths",
+    ("snet", "fixed", True): "S-Net, fixed widths",
+    ("usnet", "sandwich", True): "US-Net, sandwich",
+}
+FOUR_WIDTHS = (1.0, 0.75, 0.5, 0.25)
+
+# The first row of each is the AWN+RS one-pass step, whose FLOP/s the benchmark reports.
+BENCHMARKED = {
+    "lenet3c1l": Benchmarked("LeNet", "fashion_mnist", FOUR_WIDTHS, 1000, tuple(ROW_LABELS), sweep_compile=True),
+    # A ResNet-20 train program takes about a minute to compile on a 2-core CPU: US-Net's sandwich is
+    # snapped to a 0.25 grid (4 programs to warm up, not one per configuration: 85), and
+    # AWN+RS runs in one pass only (per-width passes would warm up 119).
+    "resnet20": Benchmarked("ResNet-20", "cifar10", FOUR_WIDTHS, 250,
+                            tuple(r for r in ROW_LABELS if r != ("awn", "sandwich", False)), grid_step=0.25),
+    "mobilenet_v2": Benchmarked("MobileNetV2", "cifar10", (1.0, 0.75, 0.5, 0.35), 100,
+                                (("awn", "sandwich", True), ("standard", "fixed", True))),
+}
+
+
 def _train_config(model: str, variant: str, mode: str, one_pass: bool = True):
+    bench = BENCHMARKED[model]
     c = base_config()
-    c.model, c.variant = model, variant
-    c.dataset = "fashion_mnist" if model == "lenet3c1l" else "cifar10"
-    c.widths.mode, c.widths.one_pass = mode, one_pass
-    if model == "mobilenet_v2":
-        c.widths.w_min, c.widths.fixed = 0.35, (1.0, 0.75, 0.5, 0.35)
+    c.model, c.variant, c.dataset = model, variant, bench.dataset
+    c.widths.mode, c.widths.one_pass, c.widths.grid_step = mode, one_pass, bench.grid_step
+    c.widths.fixed, c.widths.w_min = bench.widths, min(bench.widths)
     return c
 
 
@@ -76,10 +123,14 @@ def train_step_rate(model_name: str, variant: str, mode: str, one_pass: bool, st
     for step in range(2):  # warm-up
         state, _, _ = train_step(state, batch, step)
     if not (variant == "awn" and one_pass) and mode == "sandwich":
-        # Steady state: every configuration's program compiled, as after the first epochs.
+        # Steady state: the program of every configuration the draws can reach compiled,
+        # as after the first epochs.
         sizes = steps.model_sizes(model, info.image_shape)
+        reps = representatives(sizes.layers, config.widths.w_min)
+        grid = config.widths.grid_step
+        drawn = width_grid(config.widths.w_min, config.widths.w_max, grid) if grid else reps.values()
         images = data.preprocess(jnp.asarray(batch["image"]), info)
-        for rep in representatives(sizes.layers, config.widths.w_min).values():
+        for rep in sorted({reps[channel_config(w, sizes.layers)] for w in drawn}):
             train.per_width_program(train.training_model(model), rep, config.widths.distill)(
                 state.params, state.batch_stats, images, jnp.asarray(batch["label"]), None)
     counter = iter(range(4, 10**9))
@@ -133,14 +184,43 @@ def anytime_table(model_name: str, batch: int, repeats: int) -> None:
               f" {macs / full:.2f} |")
 
 
+def inference_table(model_name: str, repeats: int) -> None:
+    """Prints inference images/s per width against w = 1, with the MACs ratio and compile times."""
+    bench = BENCHMARKED[model_name]
+    config = _train_config(model_name, "awn", "fixed")
+    info = data.get_info(config.dataset)
+    model = from_config(config, info.num_classes)
+    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape))))()
+    x = jnp.zeros((bench.batch, *info.image_shape), jnp.float32)
+    print(f"\n| {bench.label} inference width (batch {bench.batch}) | images/s | speed vs w=1 | MACs vs w=1 |"
+          " compile (s) |\n|---|---|---|---|---|")
+    rows = []
+    for w in bench.widths:
+        forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
+        start = time.perf_counter()
+        forward.lower(variables, x).compile()
+        compile_seconds = time.perf_counter() - start
+        rate = bench.batch / _median_seconds(lambda: forward(variables, x), repeats)
+        rows.append((w, rate, costs.width_cost(model, variables, info.image_shape, w).macs, compile_seconds))
+    for w, rate, macs, compile_seconds in rows:
+        print(f"| {w:g} | {rate:,.0f} | {rate / rows[0][1]:.2f}x | {macs / rows[0][2]:.3f} | {compile_seconds:.2f} |")
+    if bench.sweep_compile:
+        widths = distinct_widths(steps.model_sizes(model, info.image_shape).layers, min(bench.widths), 1.0)
+        start = time.perf_counter()
+        for w in widths:
+            jax.jit(lambda v, x, w=w: model.apply(v, x, width=w)).lower(variables, x).compile()
+        print(f"\ncompiling all {len(widths)} sweep widths: {time.perf_counter() - start:.1f} s")
+
+
 def define_flags() -> flags.FlagValues:
     """The benchmark's flags."""
     fv = common.new_flags()
     flags.DEFINE_integer("steps", 15, "Timed steps per figure.", flag_values=fv)
-    flags.DEFINE_bool("mobilenet", False, "Also time MobileNetV2 (slow to compile on CPU).", flag_values=fv)
-    flags.DEFINE_bool("mobilenet_only", False, "Time MobileNetV2 only.", flag_values=fv)
-    flags.DEFINE_bool("anytime", False, "Time anytime widening against direct passes only (with --mobilenet:"
-                      " MobileNetV2 too).", flag_values=fv)
+    flags.DEFINE_list("models", ["lenet3c1l"], f"Models to time, of {', '.join(BENCHMARKED)} (ResNet-20 and"
+                      " MobileNetV2 are slow to compile on CPU).", flag_values=fv)
+    flags.register_validator("models", lambda names: bool(names) and set(names) <= set(BENCHMARKED),
+                             f"--models takes a comma-separated list of {', '.join(BENCHMARKED)}", flag_values=fv)
+    flags.DEFINE_bool("anytime", False, "Time anytime widening against direct passes only.", flag_values=fv)
     return fv
 
 
@@ -150,56 +230,32 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), {jax.devices()[0].device_kind};"
           f" allocator tuned: {tuned}; JAX {jax.__version__}")
     if args.anytime:
-        anytime_table("lenet3c1l", 1000, args.steps)
-        if args.mobilenet:
-            anytime_table("mobilenet_v2", 100, args.steps)
+        for name in args.models:
+            anytime_table(name, BENCHMARKED[name].batch, args.steps)
         return 0
 
-    print("\n| train step (batch 128, 4 widths) | images/s | x PyTorch reference (661) |\n|---|---|---|")
-    runs = [("lenet3c1l", "awn", "sandwich", True, "LeNet AWN+RS, one trunk pass"),
-            ("lenet3c1l", "awn", "sandwich", False, "LeNet AWN+RS, per-width passes"),
-            ("lenet3c1l", "awn", "fixed", True, "LeNet AWN, fixed widths, one pass"),
-            ("lenet3c1l", "standard", "fixed", True, "LeNet standard BN, fixed widths"),
-            ("lenet3c1l", "snet", "fixed", True, "LeNet S-Net, fixed widths"),
-            ("lenet3c1l", "usnet", "sandwich", True, "LeNet US-Net, sandwich")]
-    if args.mobilenet_only:
-        runs = []
-    if args.mobilenet or args.mobilenet_only:
-        runs += [("mobilenet_v2", "awn", "sandwich", True, "MobileNetV2 AWN+RS, one pass"),
-                 ("mobilenet_v2", "standard", "fixed", True, "MobileNetV2 standard BN, fixed widths")]
-    awn_rate = None
-    for model, variant, mode, one_pass, label in runs:
-        rate = train_step_rate(model, variant, mode, one_pass, args.steps)
-        awn_rate = rate if awn_rate is None else awn_rate
-        print(f"| {label} | {rate:,.0f} | {rate / REFERENCE_IMAGES_PER_SECOND:.2f} |")
+    print("\n| train step (batch 128, 4 widths) | images/s | x PyTorch reference (661, LeNet) |\n|---|---|---|")
+    awn_rates = {}
+    for name in args.models:
+        bench = BENCHMARKED[name]
+        for row in bench.rows:
+            rate = train_step_rate(name, *row, args.steps)
+            awn_rates.setdefault(name, rate)
+            versus = f"{rate / REFERENCE_IMAGES_PER_SECOND:.2f}" if name == "lenet3c1l" else "n/a"
+            grid = f" (on a {bench.grid_step:g} grid)" if row[1] == "sandwich" and bench.grid_step else ""
+            print(f"| {bench.label} {ROW_LABELS[row]}{grid} | {rate:,.0f} | {versus} |")
 
-    flops = _step_flops(_train_config(*runs[0][:4]))  # the first row is an AWN+RS one-pass step
     matmul = matmul_flops_per_second()
-    achieved = flops * awn_rate / 128
-    print(f"\nAWN one-pass step: {flops / 1e9:.2f} GFLOP per step (XLA cost analysis), achieved"
-          f" {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul:.1%} of a 2048^2 matmul's {matmul / 1e9:.0f} GFLOP/s.")
+    for name in args.models:
+        flops = _step_flops(_train_config(name, *BENCHMARKED[name].rows[0]))
+        achieved = flops * awn_rates[name] / 128
+        print(f"\n{BENCHMARKED[name].label} AWN one-pass step: {flops / 1e9:.2f} GFLOP per step (XLA cost"
+              f" analysis), achieved {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul:.1%} of a 2048^2 matmul's"
+              f" {matmul / 1e9:.0f} GFLOP/s.")
 
-    model = from_config(_train_config("lenet3c1l", "awn", "fixed"), 10)
-    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))()
-    x = jnp.zeros((1000, 28, 28, 1), jnp.float32)
-    print("\n| inference width (batch 1000) | images/s | speed vs w=1 | MACs vs w=1 | compile (s) |\n|---|---|---|---|---|")
-    rows = []
-    for w in (1.0, 0.75, 0.5, 0.25):
-        forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
-        start = time.perf_counter()
-        forward.lower(variables, x).compile()
-        compile_seconds = time.perf_counter() - start
-        rate = 1000 / _median_seconds(lambda: forward(variables, x), 5)
-        rows.append((w, rate, costs.width_cost(model, variables, (28, 28, 1), w).macs, compile_seconds))
-    for w, rate, macs, compile_seconds in rows:
-        print(f"| {w:g} | {rate:,.0f} | {rate / rows[0][1]:.2f}x | {macs / rows[0][2]:.3f} | {compile_seconds:.2f} |")
-
-    widths = distinct_widths(45, 0.25, 1.0)
-    start = time.perf_counter()
-    for w in widths:
-        jax.jit(lambda v, x, w=w: model.apply(v, x, width=w)).lower(variables, x).compile()
-    print(f"\ncompiling all {len(widths)} sweep widths: {time.perf_counter() - start:.1f} s;"
-          f" peak host memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    for name in args.models:
+        inference_table(name, 5)
+    print(f"\npeak host memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
     if stats and "peak_bytes_in_use" in stats:
         print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**20:,.0f} MiB")

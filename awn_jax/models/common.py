@@ -157,7 +157,7 @@ class PlainSpec(VariantSpec):
     def norm(self, features: int, **kwargs: Any) -> nn.Module:
         o = _options(layers.PrefixBatchNorm, kwargs)
         return PlainBatchNorm(use_running_average=True, momentum=o["momentum"], epsilon=o["epsilon"],
-                              dtype=o["dtype"])
+                              dtype=o["dtype"], scale_init=o["scale_init"])
 
 
 def variant_spec(
