@@ -18,8 +18,9 @@ CACHE_DIR = os.environ.setdefault("AWN_JAX_CACHE_DIR",
                                   os.path.join(tempfile.gettempdir(), f"awn_jax_test_cache_{_RUN}"))
 
 
-# Tests that share an expensive module-scoped fixture run on one xdist worker (README's test
-# command passes --dist loadgroup), so that the fixture is built once, not once per worker.
+# Tests that share an expensive fixture run on one xdist worker (README's test command passes
+# --dist loadgroup), so that it is built once, not once per worker. The fixtures are
+# session-scoped: a worker interleaves modules, and a module-scoped one would be rebuilt.
 SHARED_FIXTURES = ("trained_runs", "trained", "runs", "awn_runs", "usnet_runs")
 
 

@@ -142,7 +142,7 @@ def test_a_truncated_cifar_archive(capsys, tmp_path):
     _assert_one_line_error(code, err, "truncated")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A workdir with checkpoints and a sweep, trained through the library on generated data."""
     workdir = tmp_path_factory.mktemp("trained") / "wd"

@@ -42,7 +42,7 @@ def test_auc_reference_mean_uses_exactly_the_ten_reference_widths():
         report.auc_reference_mean([0.25, 1.0], [0.5, 0.6])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory):
     """Tiny trained AWN, S-Net and US-Net workdirs on generated data."""
     root = tmp_path_factory.mktemp("runs")

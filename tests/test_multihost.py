@@ -33,7 +33,7 @@ STEPS = 12  # 48 examples / batch 8 x 2 epochs
 BOUND_S = 60  # a dead process must be noticed within this
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihost")
     raw = root / "raw"
@@ -161,12 +161,12 @@ def _train_three_ways(files, root, variant):
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def awn_runs(files, tmp_path_factory):
     return _train_three_ways(files, tmp_path_factory.mktemp("awn"), "awn")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def usnet_runs(files, tmp_path_factory):
     return _train_three_ways(files, tmp_path_factory.mktemp("usnet"), "usnet")
 
