@@ -102,6 +102,9 @@ def load_calibration(workdir: str, num: int, step: int, widths: Sequence[float],
         return None
     if meta.get("step") != step or meta.get("widths") != list(widths):
         return None
+    # Onto this process's device: the stored sharding names the device of the process that saved.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
     try:
         restored = _this_process_checkpointer().restore(os.path.join(directory, "batch_stats"), target)
     except Exception as e:  # orbax raises many kinds for damaged files

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 
 from awn_jax import io
 
-__all__ = ["CheckpointError", "Checkpointer", "save_config", "load_config", "check_same_run"]
+__all__ = ["CheckpointError", "Checkpointer", "latest_saved_step", "save_config", "load_config", "check_same_run"]
 
 # Fields a resumed run may change without invalidating its checkpoints.
 RESUMABLE_FIELDS = frozenset(
@@ -95,16 +95,42 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _checked_directory(workdir: str) -> str:
+    directory = io.checkpoints_dir(workdir)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} is a file, not a checkpoint directory; use another --workdir.")
+    return directory
+
+
+def latest_saved_step(workdir: str) -> int | None:
+    """The newest complete checkpoint's step, read from the directory alone.
+
+    Unlike :class:`Checkpointer`, this builds no orbax manager (whose creation is a
+    barrier of all processes), so one process can ask it alone. Orbax writes a step
+    into a temporary directory and renames it to the step's number when complete.
+
+    Raises:
+      CheckpointError: a file stands where the checkpoint directory belongs.
+    """
+    directory = _checked_directory(workdir)
+    steps = [int(name) for name in os.listdir(directory) if name.isdigit()] if os.path.isdir(directory) else []
+    return max(steps, default=None)
+
+
 class Checkpointer:
-    """Periodic and final saves under ``<workdir>/checkpoints``, newest ``keep`` kept."""
+    """Periodic and final saves under ``<workdir>/checkpoints``, newest ``keep`` kept.
+
+    In a run of several processes, every process creates one and calls ``save``
+    together (orbax writes the replicated state once and synchronises the processes).
+    """
 
     def __init__(self, workdir: str, keep: int = 3):
-        self.directory = io.checkpoints_dir(workdir)
-        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
-            raise CheckpointError(f"{self.directory} is a file, not a checkpoint directory; use another --workdir.")
+        self.directory = _checked_directory(workdir)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            # Saves are waited for anyway; synchronous saves keep orbax's barriers in the
+            # foreground, where a lost process surfaces as an error of the step that saves.
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
         )
 
     def latest_step(self) -> int | None:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from awn_jax import checkpoints, data, io, optim, sharding, steps
+from awn_jax import checkpoints, data, io, multihost, optim, sharding, steps
 from awn_jax.config import validate
 from awn_jax.models import from_config
 
@@ -64,7 +64,8 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
                                   sharding.replicated(sharding.data_mesh(jax.local_devices()[:1])))
     ckpt = checkpoints.Checkpointer(workdir)
     try:
-        step = ckpt.latest_step() if step is None else step
+        # Every process of a run restores the step process 0 sees (a trainer may be saving meanwhile).
+        step = multihost.broadcast_int(ckpt.latest_step()) if step is None else step
         if step is None:
             raise checkpoints.CheckpointError(
                 f"no checkpoint in {ckpt.directory}: train first (python -m awn_jax.main ...)."

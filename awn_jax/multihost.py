@@ -19,7 +19,8 @@ import time
 import jax
 import numpy as np
 
-__all__ = ["DistributedError", "Launch", "initialize", "is_primary", "all_agree", "any_process"]
+__all__ = ["DistributedError", "Launch", "initialize", "joined", "is_primary", "all_agree", "any_process",
+           "broadcast_int", "free_port"]
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -46,10 +47,11 @@ class Launch:
     num_processes: int | None = None
     process_id: int | None = None
     auto: bool = False
-    timeout_s: int = 60
+    timeout_s: int = 120
 
     @property
     def explicit(self) -> bool:
+        """Whether any of the three arguments is given (then all must be)."""
         return any(v is not None for v in (self.coordinator_address, self.num_processes, self.process_id))
 
     @property
@@ -58,7 +60,11 @@ class Launch:
         return self.explicit or self.auto
 
     def check(self) -> None:
-        """Raises :class:`DistributedError` for arguments that cannot describe one process of a run."""
+        """Checks that the arguments can describe one process of a run.
+
+        Raises:
+          DistributedError: which argument is wrong, and how to fix it.
+        """
         if self.timeout_s < 1:
             raise DistributedError(f"--distributed_timeout {self.timeout_s} must be at least 1 second.")
         if not self.explicit:
@@ -96,18 +102,20 @@ def initialize(launch: Launch) -> None:
       DistributedError: bad arguments, or the coordinator or a process did not
         answer within ``launch.timeout_s``.
     """
+    global _joined
     launch.check()
     if not launch.requested:
         return
+    deadline = time.monotonic() + launch.timeout_s
     if launch.explicit:
-        _preflight(launch)
+        _preflight(launch, deadline)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     where = (f"coordinator {launch.coordinator_address}, process {launch.process_id} of {launch.num_processes}"
              if launch.explicit else "auto-detected cluster")
     try:
         jax.distributed.initialize(
             coordinator_address=launch.coordinator_address, num_processes=launch.num_processes,
-            process_id=launch.process_id, initialization_timeout=launch.timeout_s,
+            process_id=launch.process_id, initialization_timeout=max(1, int(deadline - time.monotonic())),
             heartbeat_timeout_seconds=launch.timeout_s,
         )
     except ValueError as e:  # auto-detection found no cluster
@@ -121,9 +129,18 @@ def initialize(launch: Launch) -> None:
             " every process with the same --coordinator_address (process 0's host, a free port) and"
             " --num_processes, each with its own --process_id."
         ) from None
+    _joined = True
 
 
-def _preflight(launch: Launch) -> None:
+_joined = False
+
+
+def joined() -> bool:
+    """Whether this process joined a run of several (:func:`initialize` succeeded)."""
+    return _joined
+
+
+def _preflight(launch: Launch, deadline: float) -> None:
     """Finds the common launch mistakes in Python, where they can be reported in one line.
 
     JAX's runtime ends the process with a fatal error (and a C++ stack trace) when
@@ -139,13 +156,14 @@ def _preflight(launch: Launch) -> None:
                                " process 0's host name or IP address.") from None
     if launch.process_id == 0:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            # As gRPC does: a port whose last run's connections linger in TIME_WAIT is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("", port))
             except OSError as e:
                 raise DistributedError(f"process 0 cannot serve --coordinator_address {launch.coordinator_address}"
                                        f" (port {port}: {e.strerror}); choose a free port.") from None
         return
-    deadline = time.monotonic() + launch.timeout_s
     while True:
         try:
             socket.create_connection((host, port), timeout=min(5, launch.timeout_s)).close()
@@ -163,6 +181,27 @@ def _preflight(launch: Launch) -> None:
 def is_primary() -> bool:
     """Whether this is process 0: the one that writes files and prints."""
     return jax.process_index() == 0
+
+
+def broadcast_int(value: int | None) -> int | None:
+    """Process 0's ``value`` on every process (a collective: every process must call it).
+
+    For decisions read from a shared filesystem (the latest checkpoint step), which
+    processes could otherwise see at different moments.
+    """
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    out = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if value is None else value)))
+    return None if out < 0 else out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now, for a coordinator (tests and single-machine runs)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def _gather(value: int) -> np.ndarray:

@@ -147,6 +147,13 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _refuse_together(refusal: Exception | None) -> None:
+    """Raises ``refusal`` on its process, and on every other process of the run a pointer to it."""
+    if not multihost.all_agree(refusal is None):
+        raise refusal or multihost.DistributedError("another process of this run refused to start; its error"
+                                                    " line says why.")
+
+
 def _evaluate(model, state, test, info, config, mesh) -> dict[float, float]:
     acc = evaluation.accuracies(model, {"params": state.params, "batch_stats": state.batch_stats}, test, info,
                                 config.eval_widths, config.eval_batch_size, mesh=mesh)
@@ -192,36 +199,38 @@ def train_and_evaluate(
     primary = multihost.is_primary()
 
     # Everything that can refuse a workdir reads only, so a refused start writes nothing. Process 0
-    # alone checks the lock (it takes it for all); the processes agree before any of them goes on.
-    refusal = None
+    # alone checks and takes the lock (for all); the processes agree before any of them goes on,
+    # and resume from the step process 0 sees.
+    refusal, start = None, None
     try:
         if primary:
             io.check_workdir_free(workdir)
-        resume = os.path.exists(io.checkpoints_dir(workdir))
-        if resume:
-            ckpt = checkpoints.Checkpointer(workdir)  # refuses a file in its place
-            resume = ckpt.latest_step() is not None
-            ckpt.close()
-        if resume:
+        start = checkpoints.latest_saved_step(workdir)
+        if start is not None:
             checkpoints.check_same_run(workdir, config)
     except (checkpoints.CheckpointError, io.WorkdirBusyError) as e:
         refusal = e
-    if not multihost.all_agree(refusal is None):
-        raise refusal or multihost.DistributedError("another process of this run refused the workdir; its"
-                                                    " error line says why.")
+    _refuse_together(refusal)
+    start = multihost.broadcast_int(start)
     state = None
-    if resume:
+    if start is not None:
         ckpt = checkpoints.Checkpointer(workdir)
-        target = steps.abstract_state(model, tx, info.image_shape, sharding.replicated(mesh))
-        state = ckpt.restore(target, ckpt.latest_step())
+        state = ckpt.restore(steps.abstract_state(model, tx, info.image_shape, sharding.replicated(mesh)), start)
         ckpt.close()
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
         raise checkpoints.CheckpointError(f"cannot create the workdir {workdir} ({e.strerror or e}); choose a"
                                           " writable --workdir.") from None
-    # One live run per workdir (process 0 holds it for all); a killed run's lock is released by the OS.
-    with io.lock_workdir(workdir) if primary else contextlib.nullcontext():
+    # One live run per workdir; a killed run's lock is released by the OS.
+    lock, refusal = None, None
+    if primary:
+        try:
+            lock = io.lock_workdir(workdir)
+        except io.WorkdirBusyError as e:  # another run took it since the check
+            refusal = e
+    _refuse_together(refusal)
+    with lock or contextlib.nullcontext():
         ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints)
         if state is None:
             if primary:
@@ -242,7 +251,6 @@ def train_and_evaluate(
         window_start, window_images, run_start = time.perf_counter(), 0, time.perf_counter()
         batches = data.train_batches(train, config.batch_size, config.seed, start,
                                      jax.process_index(), jax.process_count())
-        several = jax.process_count() > 1
         with _StopRequest() as stop:
             for step, batch in batches:
                 if step >= total_steps:
@@ -283,8 +291,7 @@ def train_and_evaluate(
                     ckpt.save(done, state)
                     last_saved = done
                 # Each process gets its own SIGTERM; they stop at the step they agree on.
-                requested = multihost.any_process(stop.requested) if several else stop.requested
-                if requested or (stop_after_steps is not None and done >= stop_after_steps):
+                if multihost.any_process(stop.requested) or (stop_after_steps is not None and done >= stop_after_steps):
                     interrupted = done < total_steps
                     break
         final_step = int(jax.device_get(state.step))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import tempfile
 import jax
 import numpy as np
 
-from awn_jax import data
+from awn_jax import data, multihost
 from awn_jax.config import lenet_config
 from awn_jax.models import from_config
 
@@ -35,18 +34,15 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 WARMUP_STEPS = 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(workdir: str, args: list[str], processes: int, devices: int) -> list[float]:
     """Trains as ``processes`` processes of ``devices`` devices each; seconds per step after the warm-up."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    port = _free_port()
-    launch = lambda i: ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
-                         f"--process_id={i}"] if processes > 1 else [])
+    port = multihost.free_port()
+
+    def launch(i):
+        return [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
+                f"--process_id={i}"] if processes > 1 else []
+
     procs = [subprocess.Popen([sys.executable, "-m", "awn_jax.main", *args, f"--workdir={workdir}", *launch(i)],
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for i in range(processes)]

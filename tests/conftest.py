@@ -36,6 +36,7 @@ def pytest_unconfigure(config):
         shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups into the test ids
 def pytest_collection_modifyitems(items):
     for item in items:
         if any(f in item.fixturenames for f in SHARED_FIXTURES):

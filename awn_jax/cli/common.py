@@ -29,8 +29,13 @@ __all__ = ["USER_ERRORS", "UsageError", "new_flags", "define_launch_flags", "joi
 USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError,
                multihost.DistributedError, ValueError)
 # How JAX's runtime words a collective or coordination failure: another process is gone.
-_LOST_PROCESS = re.compile(r"Gloo|coordination service|heartbeat|Connection reset|Connection closed|Socket closed",
-                           re.IGNORECASE)
+_LOST_PROCESS = re.compile(r"\bGloo\b|coordination service|heartbeat|Connection reset|Connection closed|"
+                           r"Socket closed", re.IGNORECASE)
+
+
+def _lost_process(error: BaseException) -> bool:
+    """Whether ``error`` is JAX's runtime reporting a collective with a process that is gone."""
+    return isinstance(error, jax.errors.JaxRuntimeError) and bool(_LOST_PROCESS.search(str(error)))
 
 
 class UsageError(ValueError):
@@ -47,7 +52,10 @@ def new_flags() -> flags.FlagValues:
 
 
 def define_launch_flags(fv: flags.FlagValues) -> None:
-    """The flags with which one process joins a run of several (``jax.distributed.initialize``'s names)."""
+    """Defines in ``fv`` the flags with which one process joins a run of several.
+
+    They carry ``jax.distributed.initialize``'s argument names.
+    """
     flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0's coordinator"
                         " (a free port on process 0's host).", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "Several processes: how many.", flag_values=fv)
@@ -55,7 +63,7 @@ def define_launch_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
     flags.DEFINE_bool("distributed", False, "Join a run of several processes that JAX detects by itself (TPU pod"
                       " slice, SLURM, Open MPI, Kubernetes).", flag_values=fv)
-    flags.DEFINE_integer("distributed_timeout", 60, "Seconds to wait for all processes at start, and for a silent"
+    flags.DEFINE_integer("distributed_timeout", 120, "Seconds to wait for all processes at start, and for a silent"
                          " process before the run is declared failed.", flag_values=fv)
 
 
@@ -63,6 +71,12 @@ def join_run(fv: flags.FlagValues) -> None:
     """Joins the run of several processes the launch flags describe (nothing for a single process).
 
     Call first in a command's ``main``, before anything uses JAX.
+
+    Args:
+      fv: flags with the launch flags (:func:`define_launch_flags`).
+
+    Raises:
+      DistributedError: bad launch flags, or the processes did not all connect in time.
     """
     multihost.initialize(multihost.Launch(fv.coordinator_address, fv.num_processes, fv.process_id,
                                           auto=fv.distributed, timeout_s=fv.distributed_timeout))
@@ -184,9 +198,13 @@ def run(main: Callable[[flags.FlagValues, list[str]], int | None], fv: flags.Fla
     several = False
     try:
         status = main(fv, args) or 0
+    except KeyboardInterrupt:  # outside the training loop (which saves and stops on Ctrl-C)
+        if not multihost.joined():
+            raise
+        several, status = True, 130
     except Exception as e:
-        several = jax.distributed.is_initialized()
-        lost = several and bool(_LOST_PROCESS.search(str(e)))
+        several = multihost.joined()
+        lost = several and _lost_process(e)
         user = isinstance(e, (*USER_ERRORS, UsageError, *errors)) and not lost
         if not several and (fv.debug or not user):
             raise
@@ -210,7 +228,7 @@ def _one_line(error: BaseException, several: bool) -> str:
     if not several:
         return text
     where = f"process {jax.process_index()} of {jax.process_count()}"
-    if _LOST_PROCESS.search(text):
+    if _lost_process(error):
         return (f"{where}: another process of this run stopped or became unreachable ({text[:300]}). The"
                 " checkpoints on disk are intact: start every process again to resume.")
     return f"{where}: {text}"

@@ -65,7 +65,8 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
         return 0
     budget = fv.budget_macs is not None or fv.budget_ms is not None
     saved = io.sweep_path(fv.workdir, fv.calibration)
-    if budget and fv.step is None and os.path.exists(saved):
+    # Process 0's view decides, so that no process sweeps alone.
+    if budget and fv.step is None and multihost.broadcast_int(int(os.path.exists(saved))):
         result = report.load_result(saved)
     else:
         one_pass = {"auto": None, "true": True, "false": False}[fv.one_pass]

@@ -18,7 +18,7 @@ Any config field can be overridden with --config.FIELD=VALUE; the common ones:
 
 Several processes (hosts) train one run when each is started with the same command
 plus --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or --distributed
-on a TPU pod slice, under SLURM or MPI); README.md, "Several hosts".
+on a TPU pod slice, under SLURM or MPI); README.md, "Several devices, several hosts".
 
 Every field, its default and its meaning: awn_jax/config.py (base_config). With a
 --config given, --helpfull lists every --config.FIELD flag. Re-running with the same
