@@ -118,7 +118,8 @@ def accuracies(
       split: the examples (all of them are evaluated; the last batch is padded and masked).
       info: the dataset's info (normalisation).
       widths: the widths.
-      batch_size: global examples per batch; rounded up to a multiple of the device count.
+      batch_size: global examples per batch (at most the split's size), rounded up to a
+        multiple of the device count.
       one_pass: one trunk pass for all widths (default: :func:`default_one_pass`);
         otherwise one compiled program per width.
       mesh: the device mesh to shard batches over (default: one device of this
@@ -132,6 +133,7 @@ def accuracies(
     one_pass = default_one_pass(model) if one_pass is None else one_pass
     widths = tuple(widths)
     groups = [widths] if one_pass else [(w,) for w in widths]
+    batch_size = min(batch_size, len(split))  # a small split is not padded up to a large batch
     batch_size += -batch_size % mesh.devices.size
     variables = sharding.replicate(variables, mesh)
     totals = None

@@ -48,7 +48,9 @@ def trained_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     splits = (fake_split("fashion_mnist", 64, 0), fake_split("fashion_mnist", 40, 1))
     runs = {}
-    for variant, overrides in (("awn", {}), ("snet", {}), ("usnet", {"widths.mode": "sandwich"})):
+    # US-Net's sandwich widths on a grid: a few programs to compile instead of one per width drawn.
+    usnet = {"widths.mode": "sandwich", "widths.grid_step": 0.25}
+    for variant, overrides in (("awn", {}), ("snet", {}), ("usnet", usnet)):
         config = tiny_config(variant=variant, num_epochs=1, **{"sweep.throughput_repeats": 0,
                                                                "sweep.calibration_batches": 2},
                              **overrides)

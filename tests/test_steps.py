@@ -55,8 +55,7 @@ def _assert_trees_close(actual, desired, rtol, floor=1e-5):
 
 @pytest.mark.parametrize("widths,distill", [
     ((1.0, 0.75, 0.5, 0.25), False),
-    (sandwich_widths(2019, 3, 4), True),
-    (sandwich_widths(2019, 4, 6, w_min=0.05), False),
+    (sandwich_widths(2019, 4, 6, w_min=0.05), True),  # sandwich draws, down to 2 channels, distillation
 ])
 def test_lenet_one_pass_equals_per_width_passes(widths, distill):
     model = LeNet3C1L(variant="awn")

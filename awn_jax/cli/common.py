@@ -29,13 +29,21 @@ __all__ = ["USER_ERRORS", "UsageError", "new_flags", "define_launch_flags", "joi
 USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError,
                multihost.DistributedError, ValueError)
 # How JAX's runtime words a collective or coordination failure: another process is gone.
-_LOST_PROCESS = re.compile(r"\bGloo\b|coordination service|heartbeat|Connection reset|Connection closed|"
-                           r"Socket closed", re.IGNORECASE)
+_LOST_PROCESS = re.compile(r"\bGloo \w+ failed|coordination service|heartbeat timeout|Connection reset by peer|"
+                           r"Connection closed|Socket closed", re.IGNORECASE)
+# This project's own errors: their messages are the user's to read, never a lost process.
+_OWN_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError,
+               multihost.DistributedError)
 
 
 def _lost_process(error: BaseException) -> bool:
-    """Whether ``error`` is JAX's runtime reporting a collective with a process that is gone."""
-    return isinstance(error, jax.errors.JaxRuntimeError) and bool(_LOST_PROCESS.search(str(error)))
+    """Whether ``error`` is JAX's runtime reporting a collective with a process that is gone.
+
+    The runtime raises ``JaxRuntimeError`` from a computation and ``ValueError`` from some
+    host-side collectives (``multihost_utils``), with the same words.
+    """
+    return (isinstance(error, (jax.errors.JaxRuntimeError, ValueError)) and not isinstance(error, _OWN_ERRORS)
+            and bool(_LOST_PROCESS.search(str(error))))
 
 
 class UsageError(ValueError):
