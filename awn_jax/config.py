@@ -18,6 +18,7 @@ __all__ = ["base_config", "lenet_config", "mobilenet_config", "resnet_config", "
            "ConfigError"]
 
 WIDTH_MODES = ("fixed", "sandwich")
+MIN_GRID_STEP = 0.001
 SCHEDULES = ("step", "linear", "constant")
 
 
@@ -197,6 +198,21 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("optim.schedule", f"unknown schedule {c.optim.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
     if any(not 0 < m < 1 for m in c.optim.milestones) or list(c.optim.milestones) != sorted(c.optim.milestones):
         _fail("optim.milestones", f"{c.optim.milestones!r}", "use increasing fractions of training in (0, 1)")
+    for field in ("data.train_examples", "data.test_examples", "sweep.throughput_repeats"):
+        value = c[field.split(".")[0]][field.split(".")[1]]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            _fail(field, f"{value!r} is not an integer >= 0", "use 0 (all / none) or a positive integer")
+    if isinstance(c.sweep.calibration_batches, bool) or not isinstance(c.sweep.calibration_batches, int) \
+            or c.sweep.calibration_batches < 1:
+        _fail("sweep.calibration_batches", f"{c.sweep.calibration_batches!r} is not a positive integer",
+              "use an integer >= 1")
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in c.sweep.calibrations):
+        _fail("sweep.calibrations", f"{c.sweep.calibrations!r}", "list positive numbers of widths, e.g. (4, 10, 20)")
+    # A grid finer than 0.001 would sweep hundreds of thousands of widths (one program each).
+    if not (isinstance(c.sweep.grid_step, (int, float)) and (c.sweep.grid_step == 0 or
+                                                            MIN_GRID_STEP <= c.sweep.grid_step < 1)):
+        _fail("sweep.grid_step", f"{c.sweep.grid_step!r}",
+              f"use 0 (every distinct channel configuration) or a step in [{MIN_GRID_STEP}, 1)")
     w = c.widths
     if w.mode not in WIDTH_MODES:
         _fail("widths.mode", f"unknown mode {w.mode!r}", f"choose one of {', '.join(WIDTH_MODES)}")

@@ -92,6 +92,11 @@ def test_a_workdir_of_another_config_is_refused(tmp_path):
     ("optim.schedule", "cosine", "unknown schedule 'cosine'"),
     ("batch_size", 0, "config.batch_size"),
     ("widths.fixed", (1.0, "half"), "widths.fixed\\[1\\]"),
+    ("data.train_examples", -5, "config.data.train_examples: -5 is not an integer >= 0"),
+    ("sweep.grid_step", 1e-6, "config.sweep.grid_step: 1e-06.*\\[0.001, 1\\)"),
+    ("sweep.grid_step", 2.0, "config.sweep.grid_step: 2.0"),
+    ("sweep.grid_step", -1.0, "config.sweep.grid_step: -1.0"),
+    ("sweep.calibration_batches", 0, "config.sweep.calibration_batches"),
 ])
 def test_invalid_configs_are_rejected_naming_the_field(field, value, match):
     config = tiny_config(**{"widths.mode": "sandwich"} if field == "widths.num" else {})
