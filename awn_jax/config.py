@@ -170,6 +170,13 @@ def _fail(field: str, problem: str, fix: str) -> None:
     raise ConfigError(f"config.{field}: {problem}; {fix}.")
 
 
+def _field(c: ml_collections.ConfigDict, name: str):
+    """The value of a dotted field name (``"sweep.grid_step"``)."""
+    for part in name.split("."):
+        c = c[part]
+    return c
+
+
 def _check_width(field: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 < value <= 1:
         _fail(field, f"{value!r} is not a width", "use a number in (0, 1]")
@@ -184,8 +191,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.dataset not in DATASETS:
         _fail("dataset", f"unknown dataset {c.dataset!r}", f"choose one of {', '.join(DATASETS)}")
     for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                  "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs"):
-        value = c[field]
+                  "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs", "sweep.calibration_batches"):
+        value = _field(c, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             _fail(field, f"{value!r} is not a positive integer", "use an integer >= 1")
     if not (isinstance(c.learning_rate, (int, float)) and c.learning_rate > 0 and math.isfinite(c.learning_rate)):
@@ -199,13 +206,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if any(not 0 < m < 1 for m in c.optim.milestones) or list(c.optim.milestones) != sorted(c.optim.milestones):
         _fail("optim.milestones", f"{c.optim.milestones!r}", "use increasing fractions of training in (0, 1)")
     for field in ("data.train_examples", "data.test_examples", "sweep.throughput_repeats"):
-        value = c[field.split(".")[0]][field.split(".")[1]]
+        value = _field(c, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             _fail(field, f"{value!r} is not an integer >= 0", "use 0 (all / none) or a positive integer")
-    if isinstance(c.sweep.calibration_batches, bool) or not isinstance(c.sweep.calibration_batches, int) \
-            or c.sweep.calibration_batches < 1:
-        _fail("sweep.calibration_batches", f"{c.sweep.calibration_batches!r} is not a positive integer",
-              "use an integer >= 1")
     if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in c.sweep.calibrations):
         _fail("sweep.calibrations", f"{c.sweep.calibrations!r}", "list positive numbers of widths, e.g. (4, 10, 20)")
     # A grid finer than 0.001 would sweep hundreds of thousands of widths (one program each).

@@ -25,15 +25,14 @@ from awn_jax.compilation import enable_compilation_cache
 
 __all__ = ["USER_ERRORS", "UsageError", "new_flags", "define_launch_flags", "join_run", "run"]
 
-# Errors that the user can fix; reported in one line.
-USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError,
-               multihost.DistributedError, ValueError)
-# How JAX's runtime words a collective or coordination failure: another process is gone.
-_LOST_PROCESS = re.compile(r"\bGloo \w+ failed|coordination service|heartbeat timeout|Connection reset by peer|"
-                           r"Connection closed|Socket closed", re.IGNORECASE)
 # This project's own errors: their messages are the user's to read, never a lost process.
 _OWN_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError,
                multihost.DistributedError)
+# Errors that the user can fix; reported in one line.
+USER_ERRORS = (*_OWN_ERRORS, ValueError)
+# How JAX's runtime words a collective or coordination failure: another process is gone.
+_LOST_PROCESS = re.compile(r"\bGloo \w+ failed|coordination service|heartbeat timeout|Connection reset by peer|"
+                           r"Connection closed|Socket closed", re.IGNORECASE)
 
 
 def _lost_process(error: BaseException) -> bool:
