@@ -11,6 +11,7 @@ import math
 import ml_collections
 
 from awn_jax.data import DATASETS
+from awn_jax.layers import INITS
 from awn_jax.models import MODELS, VARIANTS
 from awn_jax.widths import SNET_WIDTHS
 
@@ -48,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model_args = ml_collections.ConfigDict()
     c.model_args.width_multiplier = ml_collections.FieldReference(None, field_type=float)
     c.model_args.bn_widths = ml_collections.FieldReference(None, field_type=tuple)
+    # he: He-normal fan-out convs, LeCun-normal dense, zero biases (the slimmable networks' code);
+    # reference: PyTorch's defaults, which the AWN authors' LeNet ran with (awn_jax.layers.INITS).
+    c.model_args.param_init = "he"
 
     c.widths = ml_collections.ConfigDict()
     c.widths.mode = "fixed"  # fixed: the listed widths every step; sandwich: max, min, n-2 random
@@ -101,11 +105,13 @@ def _check_arg(arg: str) -> None:
 def lenet_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     """LeNet-3C1L with the reference protocol on ``dataset``; ``arg='smoke'`` for a short run.
 
-    Fashion-MNIST trains without weight decay, as the paper states (section 5.1).
+    Fashion-MNIST trains without weight decay, as the paper states (section 5.1). The
+    layers start from PyTorch's default initialisation, as the authors' LeNet did.
     """
     _check_arg(arg)
     c = base_config()
     c.model, c.dataset = "lenet3c1l", dataset
+    c.model_args.param_init = "reference"
     if dataset == "fashion_mnist":
         c.weight_decay = 0.0
     return apply_smoke(c) if arg == "smoke" else c
@@ -188,6 +194,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("model", f"unknown model {c.model!r}", f"choose one of {', '.join(MODELS)}")
     if c.variant not in VARIANTS:
         _fail("variant", f"unknown variant {c.variant!r}", f"choose one of {', '.join(VARIANTS)}")
+    if c.model_args.param_init not in INITS:
+        _fail("model_args.param_init", f"unknown init {c.model_args.param_init!r}", f"choose one of {', '.join(INITS)}")
     if c.dataset not in DATASETS:
         _fail("dataset", f"unknown dataset {c.dataset!r}", f"choose one of {', '.join(DATASETS)}")
     for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",

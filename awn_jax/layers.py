@@ -21,9 +21,11 @@ follow the :class:`Widenable` protocol that ``awn_jax.anytime`` uses.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -43,6 +45,10 @@ __all__ = [
     "SwitchableBatchNorm",
     "CalibratedBatchNorm",
     "next_listed_width",
+    "INITS",
+    "conv_kernel_init",
+    "reference_kernel_init",
+    "ReferenceBiasInit",
 ]
 
 Array = Any
@@ -50,6 +56,41 @@ Initializer = Callable[..., Array]
 
 # He-normal on fan-out, as the slimmable/AWN reference code initialises convs.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# PyTorch's default for conv and linear weights (kaiming_uniform with a=sqrt(5)):
+# uniform in +-1/sqrt(fan_in), fan_in over the full kernel (receptive field x inputs).
+reference_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+# Model initialisations (``model_args.param_init``): ``he`` (He-normal fan-out convs,
+# LeCun-normal dense, zero biases: the slimmable networks' code) and ``reference``
+# (PyTorch's defaults, which the AWN authors' LeNet used: it never calls its own
+# ``reset_parameters``).
+INITS = ("he", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceBiasInit:
+    """PyTorch's default bias init: uniform in +-1/sqrt(fan_in) of the layer's full kernel.
+
+    A bias initializer only sees the bias shape; the layer calls :meth:`for_kernel`
+    with its kernel's full shape ``(..., inputs, features)`` to get the initializer.
+    """
+
+    def for_kernel(self, kernel_shape: Sequence[int]) -> Initializer:
+        bound = 1.0 / np.sqrt(int(np.prod(kernel_shape[:-1], dtype=np.int64)))
+
+        def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        return init
+
+
+def _bias(module: nn.Module, kernel_shape: Sequence[int]) -> Array:
+    """The layer's full bias parameter, its init resolved against the kernel shape."""
+    init = module.bias_init
+    if isinstance(init, ReferenceBiasInit):
+        init = init.for_kernel(kernel_shape)
+    return module.param("bias", init, (module.features,), module.param_dtype)
 
 
 def _checked_param(module: nn.Module, name: str, init: Initializer, shape: tuple, dtype) -> Array:
@@ -103,7 +144,7 @@ class _WidthLinear(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros
+    bias_init: Initializer | ReferenceBiasInit = nn.initializers.zeros
 
     triangular: ClassVar[bool] = False
 
@@ -183,9 +224,8 @@ class _WidthLinear(nn.Module):
         no bias (their contribution to the outputs).
         """
         full_in, c_in, c_out = self._active_counts(x, width)
-        kernel = _checked_param(
-            self, "kernel", self.kernel_init, (*lead_shape, full_in, self.features), self.param_dtype
-        )
+        full_shape = (*lead_shape, full_in, self.features)
+        kernel = _checked_param(self, "kernel", self.kernel_init, full_shape, self.param_dtype)
         rows, cols = slice(0, c_in), slice(0, c_out)
         if first_new is not None:
             rows, cols = (slice(first_new, c_in), cols) if self.fixed_output else (rows, slice(first_new, c_out))
@@ -199,7 +239,7 @@ class _WidthLinear(nn.Module):
             weights = receptive * (rows.stop - rows.start) * (cols.stop - cols.start)
         bias = None
         if self.use_bias and not (first_new is not None and self.fixed_output):
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)[cols]
+            bias = _bias(self, full_shape)[cols]
         _record(self, "costs", "params", weights + (0 if bias is None else bias.shape[0]))
         if first_new is None:
             _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
@@ -322,6 +362,7 @@ class DepthwiseConv(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Initializer = conv_kernel_init
+    bias_init: Initializer | ReferenceBiasInit = nn.initializers.zeros
     conv_lowering: ConvLowering = conv2d
 
     def __call__(self, x: Array, width: float | None = None) -> Array:
@@ -350,15 +391,14 @@ class DepthwiseConv(nn.Module):
         start = first_new or 0
         x = x[..., start:]
         kh, kw = _pairs(self.kernel_size, "kernel_size")
-        kernel = _checked_param(
-            self, "kernel", self.kernel_init, (kh, kw, 1, self.features), self.param_dtype
-        )[..., start:c]
+        full_shape = (kh, kw, 1, self.features)
+        kernel = _checked_param(self, "kernel", self.kernel_init, full_shape, self.param_dtype)[..., start:c]
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = self.conv_lowering(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
                                _padding(self.padding), c - start)
         bias = None
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)[start:c]
+            bias = _bias(self, full_shape)[start:c]
             y = y + bias
         if first_new is None:
             _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})

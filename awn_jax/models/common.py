@@ -38,12 +38,16 @@ class VariantSpec:
         the baselines' at full width).
       bn_widths: listed widths of switchable (S-Net) or calibrated (US-Net) BatchNorm.
       conv_lowering: the function every conv layer convolves with (``awn_jax.conv``).
+      param_init: the initialisation of conv and dense layers (``layers.INITS``): ``he``
+        (He-normal fan-out convs, LeCun-normal dense, zero biases) or ``reference``
+        (PyTorch's defaults: weights and biases uniform in +-1/sqrt(fan_in)).
     """
 
     name: str
     multiplier: float
     bn_widths: tuple[float, ...]
     conv_lowering: ConvLowering = conv2d
+    param_init: str = "he"
 
     @property
     def triangular(self) -> bool:
@@ -53,19 +57,24 @@ class VariantSpec:
         """Full channel count of a layer whose base width is ``base``."""
         return max(1, round(base * self.multiplier))
 
+    def _initialisers(self) -> dict[str, Any]:
+        if self.param_init == "reference":
+            return dict(kernel_init=layers.reference_kernel_init, bias_init=layers.ReferenceBiasInit())
+        return {}
+
     def conv(self, features: int, **kwargs: Any) -> nn.Module:
         """A conv with ``features`` full outputs; ``kwargs`` are :class:`~awn_jax.layers.SlicedConv`'s."""
         cls = layers.TriangularConv if self.triangular else layers.SlicedConv
-        return cls(features, conv_lowering=self.conv_lowering, **kwargs)
+        return cls(features, conv_lowering=self.conv_lowering, **self._initialisers(), **kwargs)
 
     def depthwise(self, features: int, **kwargs: Any) -> nn.Module:
         """A depthwise conv (sliced in every variant); ``kwargs`` are :class:`~awn_jax.layers.DepthwiseConv`'s."""
-        return layers.DepthwiseConv(features, conv_lowering=self.conv_lowering, **kwargs)
+        return layers.DepthwiseConv(features, conv_lowering=self.conv_lowering, **self._initialisers(), **kwargs)
 
     def dense(self, features: int, **kwargs: Any) -> nn.Module:
         """A dense layer; ``kwargs`` are :class:`~awn_jax.layers.SlicedDense`'s."""
         cls = layers.TriangularDense if self.triangular else layers.SlicedDense
-        return cls(features, **kwargs)
+        return cls(features, **self._initialisers(), **kwargs)
 
     def norm(self, features: int, **kwargs: Any) -> nn.Module:
         """A BatchNorm of ``features`` full channels; ``kwargs`` are :class:`~awn_jax.layers.PrefixBatchNorm`'s."""
@@ -166,6 +175,7 @@ def variant_spec(
     bn_widths: Sequence[float] | None,
     conv_lowering: ConvLowering = conv2d,
     plain_width: float | None = None,
+    param_init: str = "he",
 ) -> VariantSpec:
     """Validates a model's variant arguments and resolves their defaults.
 
@@ -176,12 +186,15 @@ def variant_spec(
         calibrated widths (default none); must be ``None`` or empty for the others.
       conv_lowering: the conv layers' lowering (``awn_jax.conv``).
       plain_width: the ``plain`` variant's width (required for it, refused otherwise).
+      param_init: the conv and dense layers' initialisation, one of ``layers.INITS``.
 
     Returns:
       A :class:`VariantSpec`; for ``plain`` a :class:`PlainSpec`.
     """
     if variant not in (*VARIANTS, PLAIN):
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    if param_init not in layers.INITS:
+        raise ValueError(f"unknown param_init {param_init!r}; choose one of {', '.join(layers.INITS)}.")
     if width_multiplier is None:
         width_multiplier = math.sqrt(2.0) if variant == "awn" else 1.0
     if not (isinstance(width_multiplier, (int, float)) and width_multiplier > 0):
@@ -203,7 +216,7 @@ def variant_spec(
                          validate_width(plain_width, "plain_width"))
     if plain_width is not None:
         raise ValueError(f"plain_width is for the plain variant (an export), not {variant!r}.")
-    return VariantSpec(variant, float(width_multiplier), listed, conv_lowering)
+    return VariantSpec(variant, float(width_multiplier), listed, conv_lowering, param_init)
 
 
 def check_images(x: Any, width: float) -> float:

@@ -85,6 +85,8 @@ class MobileNetV2(nn.Module):
       conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
         program choice, e.g. ``conv.training_lowering()``; same values and variables).
       plain_width: the ``plain`` variant's width.
+      param_init: conv and dense initialisation (``awn_jax.layers.INITS``): ``he`` (default)
+        or ``reference`` (PyTorch's defaults).
     """
 
     num_classes: int = 10
@@ -98,10 +100,11 @@ class MobileNetV2(nn.Module):
     dtype: Any = None
     conv_lowering: ConvLowering = conv2d
     plain_width: float | None = None
+    param_init: str = "he"
 
     def setup(self):
         spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths, self.conv_lowering,
-                            self.plain_width)
+                            self.plain_width, self.param_init)
         norm = dict(momentum=self.bn_momentum, dtype=self.dtype)
         channels = spec.channels(self.stem_channels)
         conv = dict(use_bias=False, dtype=self.dtype)

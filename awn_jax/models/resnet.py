@@ -125,6 +125,8 @@ class ResNet(nn.Module):
       conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
         program choice, e.g. ``conv.training_lowering()``; same values and variables).
       plain_width: the ``plain`` variant's width.
+      param_init: conv and dense initialisation (``awn_jax.layers.INITS``): ``he`` (default)
+        or ``reference`` (PyTorch's defaults).
     """
 
     num_classes: int = 10
@@ -140,6 +142,7 @@ class ResNet(nn.Module):
     dtype: Any = None
     conv_lowering: ConvLowering = conv2d
     plain_width: float | None = None
+    param_init: str = "he"
 
     def setup(self):
         if len(self.stage_sizes) != len(self.stage_channels):
@@ -148,7 +151,7 @@ class ResNet(nn.Module):
                 " must list the same number of stages."
             )
         spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths, self.conv_lowering,
-                            self.plain_width)
+                            self.plain_width, self.param_init)
         channels = spec.channels(self.stem_channels)
         k = 7 if self.imagenet_stem else 3
         self.stem = spec.conv(channels, kernel_size=(k, k), strides=2 if self.imagenet_stem else 1, padding=k // 2,
