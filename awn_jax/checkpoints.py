@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 
 from awn_jax import io
 
-__all__ = ["CheckpointError", "Checkpointer", "latest_saved_step", "save_config", "load_config", "check_same_run"]
+__all__ = ["CheckpointError", "Checkpointer", "saved_steps", "latest_saved_step", "save_config", "load_config", "check_same_run"]
 
 # Fields a resumed run may change without invalidating its checkpoints.
 RESUMABLE_FIELDS = frozenset(
@@ -102,8 +102,8 @@ def _checked_directory(workdir: str) -> str:
     return directory
 
 
-def latest_saved_step(workdir: str) -> int | None:
-    """The newest complete checkpoint's step, read from the directory alone.
+def saved_steps(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints, ascending, read from the directory alone.
 
     Unlike :class:`Checkpointer`, this builds no orbax manager (whose creation is a
     barrier of all processes), so one process can ask it alone. Orbax writes a step
@@ -113,8 +113,12 @@ def latest_saved_step(workdir: str) -> int | None:
       CheckpointError: a file stands where the checkpoint directory belongs.
     """
     directory = _checked_directory(workdir)
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()] if os.path.isdir(directory) else []
-    return max(steps, default=None)
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
+
+
+def latest_saved_step(workdir: str) -> int | None:
+    """The newest complete checkpoint's step (:func:`saved_steps`), ``None`` if there is none."""
+    return max(saved_steps(workdir), default=None)
 
 
 class Checkpointer:

@@ -1,6 +1,7 @@
 """The experiment scripts: the commands they run and the tables they write (no training)."""
 
 import json
+import os
 
 import pytest
 
@@ -47,3 +48,45 @@ def test_figure6_quantifies_the_gap_below_full_width(tmp_path, monkeypatch):
     assert "+35.00 points" in md
     with pytest.raises(SystemExit, match="no finished runs"):
         figure6_full_width.report([8], str(tmp_path), 5)
+
+
+def test_convergence_sweeps_each_kept_checkpoint_once_and_tables_it_beside_the_paper(tmp_path, monkeypatch):
+    from awn_jax import checkpoints, io
+    from awn_jax.config import lenet_config
+    from experiments import convergence
+
+    monkeypatch.setattr(runner, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(convergence.data, "load_data", lambda config: ("train", "test"))
+    swept = []
+
+    def fake_sweep(run_dir, *, step, calibration, throughput_repeats, splits, write):
+        assert splits == ("train", "test") and not write and throughput_repeats == 0
+        swept.append((os.path.basename(run_dir), step, calibration))
+        auc = 0.80 + step / 1e6
+        rows = [{"width": w, "top1": auc + w / 100} for w in (0.25, 1.0)]
+        return {"summary": {"auc_reference_mean": auc, "auc_trapezoid": auc - 0.01}, "rows": rows}
+
+    monkeypatch.setattr(convergence, "sweep", fake_sweep)
+    steps_per_epoch = 60000 // 128
+    for key, epochs in (("awn_rs", (5, 10, 25)), ("usnet", (5,))):
+        run_dir = runner.workdir(runner.spec(key, convergence.SEED), str(tmp_path), 100)
+        os.makedirs(run_dir)
+        checkpoints.save_config(run_dir, lenet_config("fashion_mnist"))
+        for e in epochs:
+            os.makedirs(os.path.join(io.checkpoints_dir(run_dir), str(e * steps_per_epoch)))
+    md = convergence.report(str(tmp_path), 100)
+    assert sorted(swept) == [("awn_rs_seed2019", 2340, 0), ("awn_rs_seed2019", 4680, 0),
+                             ("awn_rs_seed2019", 11700, 0), ("usnet_seed2019", 2340, 10)]
+    lines = md.splitlines()
+    assert lines[2] == "| AWN+RS | 5 | 80.23 | 91.06 | -10.83 | 79.23 | 81.23 | 80.48 |"
+    assert [line.split("|")[1:3] for line in lines[2:]] == [
+        [" AWN+RS ", " 5 "], [" AWN+RS ", " 10 "], [" AWN+RS ", " 25 "], [" US-Net 10w ", " 5 "]]
+    # A second report sweeps only the checkpoint saved since.
+    run_dir = runner.workdir(runner.spec("awn_rs", convergence.SEED), str(tmp_path), 100)
+    os.makedirs(os.path.join(io.checkpoints_dir(run_dir), str(30 * steps_per_epoch)))
+    swept.clear()
+    convergence.report(str(tmp_path), 100)
+    assert swept == [("awn_rs_seed2019", 30 * steps_per_epoch, 0)]
+    out = tmp_path / "results" / "convergence"
+    assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "convergence.csv").read_text().splitlines()) == 1 + 5

@@ -213,7 +213,7 @@ def variant_spec(
         if plain_width is None:
             raise ValueError("the plain variant needs plain_width, the width whose channel counts it has.")
         return PlainSpec(PLAIN, float(width_multiplier), listed, conv_lowering,
-                         validate_width(plain_width, "plain_width"))
+                         width=validate_width(plain_width, "plain_width"))
     if plain_width is not None:
         raise ValueError(f"plain_width is for the plain variant (an export), not {variant!r}.")
     return VariantSpec(variant, float(width_multiplier), listed, conv_lowering, param_init)
