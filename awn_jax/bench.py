@@ -1,8 +1,7 @@
 """``python -m awn_jax.bench``: throughput, compile time and memory figures (``awn_jax.cli.bench``; ``--help``)."""
 
-import sys
-
+from awn_jax.cli.common import exit_with
 from awn_jax.cli.bench import run
 
 if __name__ == "__main__":
-    sys.exit(run())
+    exit_with(run)

@@ -128,13 +128,14 @@ class Checkpointer:
     together (orbax writes the replicated state once and synchronises the processes).
     """
 
-    def __init__(self, workdir: str, keep: int = 3):
+    def __init__(self, workdir: str, keep: int = 3, create: bool = True):
+        """Opens ``<workdir>/checkpoints``; ``create=False`` for readers, which must not write."""
         self.directory = _checked_directory(workdir)
         self.manager = ocp.CheckpointManager(
             self.directory,
             # Saves are waited for anyway; synchronous saves keep orbax's barriers in the
             # foreground, where a lost process surfaces as an error of the step that saves.
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False),
         )
 
     def latest_step(self) -> int | None:

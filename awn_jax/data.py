@@ -248,6 +248,18 @@ def _local_builder_cls(info: DatasetInfo, raw: str | None, splits: dict[str, Spl
     return _Local
 
 
+def _checked_data_dir(data_dir: str | None) -> str:
+    """``data_dir`` (default :func:`default_data_dir`), refused if a file stands on its path."""
+    data_dir = data_dir or default_data_dir()
+    path = os.path.abspath(data_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "is a file" if path == os.path.abspath(data_dir) else f"lies under the file {path}"
+        raise DataError(f"the data directory {data_dir} {where}; pass a directory as data_dir.")
+    return data_dir
+
+
 def _local_dir(info: DatasetInfo, data_dir: str) -> str:
     return os.path.join(data_dir, f"{info.name}_local", _LOCAL_VERSION)
 
@@ -267,7 +279,7 @@ def prepare(name: str, raw: str | None = None, data_dir: str | None = None) -> s
     import tensorflow_datasets as tfds
 
     info = get_info(name)
-    data_dir = data_dir or default_data_dir()
+    data_dir = _checked_data_dir(data_dir)
     if not _raw_available(info, raw):
         raise DataError(f"raw {name} files not found at {_raw_path(info, raw)}: need {info.raw_hint}.")
     # Read and check every split first: bad files then leave nothing behind in data_dir.
@@ -304,7 +316,7 @@ def load_split(
     info = get_info(name)
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; use 'train' or 'test'.")
-    data_dir = data_dir or default_data_dir()
+    data_dir = _checked_data_dir(data_dir)
     local = _local_dir(info, data_dir)
     if not os.path.exists(os.path.join(local, "dataset_info.json")) and _raw_available(info, raw):
         prepare(name, raw, data_dir)
@@ -417,8 +429,7 @@ def preprocess(
 
 
 if __name__ == "__main__":  # the command lives in awn_jax.cli.data
-    import sys
-
+    from awn_jax.cli.common import exit_with
     from awn_jax.cli.data import run
 
-    sys.exit(run())
+    exit_with(run)

@@ -4,9 +4,8 @@ The library behind it: ``awn_jax.evaluation`` (restore, accuracy), ``awn_jax.swe
 (the sweep and its files) and ``awn_jax.report`` (AUCs, plots, comparison, budgets).
 """
 
-import sys
-
+from awn_jax.cli.common import exit_with
 from awn_jax.cli.evaluate import run
 
 if __name__ == "__main__":
-    sys.exit(run())
+    exit_with(run)

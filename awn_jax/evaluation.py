@@ -51,7 +51,8 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
       CheckpointError: no workdir, config or checkpoint, or one that does not fit the model.
     """
     if not os.path.isdir(workdir):
-        raise checkpoints.CheckpointError(f"workdir {workdir} does not exist.")
+        what = "is a file, not a training workdir" if os.path.exists(workdir) else "does not exist"
+        raise checkpoints.CheckpointError(f"workdir {workdir} {what}; give the --workdir of a training run.")
     config = checkpoints.load_config(workdir)
     try:
         validate(config)
@@ -62,24 +63,50 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
     # The schedule does not shape the optimizer state; any steps_per_epoch restores it.
     target = steps.abstract_state(model, optim.make_optimizer(config, 1), info.image_shape,
                                   sharding.replicated(sharding.data_mesh(jax.local_devices()[:1])))
-    ckpt = checkpoints.Checkpointer(workdir)
-    try:
-        # Every process of a run restores the step process 0 sees (a trainer may be saving meanwhile).
-        step = multihost.broadcast_int(ckpt.latest_step()) if step is None else step
-        if step is None:
-            raise checkpoints.CheckpointError(
-                f"no checkpoint in {ckpt.directory}: train first (python -m awn_jax.main ...)."
-            )
-        if step not in ckpt.manager.all_steps():
-            raise checkpoints.CheckpointError(
-                f"no checkpoint for step {step} in {ckpt.directory}; have {ckpt.manager.all_steps()}."
-            )
-        state = ckpt.restore(target, step)
-    finally:
-        ckpt.close()
+    # Every process of a run restores the step process 0 sees (a trainer may be saving meanwhile).
+    saved = checkpoints.saved_steps(workdir)
+    latest = multihost.broadcast_int(max(saved, default=None)) if step is None else None
+    if step is None and latest is None:
+        raise checkpoints.CheckpointError(
+            f"no checkpoint in {io.checkpoints_dir(workdir)}: train first (python -m awn_jax.main ...)."
+        )
+    if step is not None and step not in saved:
+        raise checkpoints.CheckpointError(f"no checkpoint for step {step} in {io.checkpoints_dir(workdir)};"
+                                          f" have {saved}.")
+    state, step = _restore(workdir, target, step, latest)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return Run(config, model, variables, int(step), info,
-               io.dir_bytes(os.path.join(ckpt.directory, str(step))))
+               io.dir_bytes(os.path.join(io.checkpoints_dir(workdir), str(step))))
+
+
+def _restore(workdir: str, target: Any, step: int | None, latest: int | None, attempts: int = 3) -> tuple[Any, int]:
+    """Restores ``step``, or else the latest checkpoint; returns the state and its step.
+
+    A training run deletes its older checkpoints (``keep_checkpoints``) while a reader may
+    be reading one: a latest checkpoint that disappears is replaced by the new latest.
+    """
+    for _ in range(attempts):
+        chosen = latest if step is None else step
+        ckpt = checkpoints.Checkpointer(workdir, create=False)
+        try:
+            return ckpt.restore(target, chosen), chosen
+        except checkpoints.CheckpointError:
+            if chosen in checkpoints.saved_steps(workdir):
+                raise  # still there: damaged or foreign, not deleted
+            if step is not None:
+                raise checkpoints.CheckpointError(
+                    f"the checkpoint of step {step} in {io.checkpoints_dir(workdir)} was deleted while it was"
+                    f" read (the training run keeps only its newest keep_checkpoints); choose one of"
+                    f" {checkpoints.saved_steps(workdir)}."
+                ) from None
+            latest = multihost.broadcast_int(checkpoints.latest_saved_step(workdir))
+            if latest is None:
+                break
+        finally:
+            ckpt.close()
+    raise checkpoints.CheckpointError(
+        f"the checkpoints in {io.checkpoints_dir(workdir)} were deleted while they were read, {attempts} times;"
+        " read again when the training run has saved.")
 
 
 def default_one_pass(model: Any) -> bool:

@@ -160,8 +160,7 @@ def load(directory: str) -> tuple[nn.Module, dict]:
 
 
 if __name__ == "__main__":  # the command lives in awn_jax.cli.export
-    import sys
-
+    from awn_jax.cli.common import exit_with
     from awn_jax.cli.export import run
 
-    sys.exit(run())
+    exit_with(run)

@@ -21,9 +21,11 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
+from typing import Callable
 
 __all__ = [
     "WorkdirBusyError",
@@ -32,6 +34,8 @@ __all__ = [
     "lock_path",
     "check_workdir_free",
     "atomic_write",
+    "replace_directory",
+    "remove_stale_temporaries",
     "config_path",
     "checkpoints_dir",
     "metrics_path",
@@ -73,6 +77,82 @@ def atomic_write(path: str, content: str | bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _temporary_name(parent: str, name: str, kind: str) -> str:
+    # The writer's pid in the name: a later cleanup removes only what a dead process left.
+    return tempfile.mkdtemp(dir=parent, prefix=f".{name}.{kind}-{os.getpid()}-")
+
+
+def _left_by_dead_process(entry: str) -> bool:
+    try:
+        pid = int(entry.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_temporaries(directory: str, only: str | None = None) -> None:
+    """Clears what killed writers left in ``directory``.
+
+    That is :func:`replace_directory`'s hidden halves of dead processes (restoring the
+    old directory where a swap was cut between its two renames) and, unless ``only``
+    names the one replaced directory to look after, ``atomic_write``'s ``.tmp-*`` files;
+    call it without ``only`` only where no other process writes (the training run,
+    holding the workdir's lock).
+    """
+    if not os.path.isdir(directory):
+        return
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if entry.startswith(".tmp-") and only is None and os.path.isfile(path):
+            os.unlink(path)
+            continue
+        for kind in (".new-", ".old-"):
+            name = entry[1:].split(kind)[0]
+            if (entry.startswith(".") and kind in entry and (only is None or name == only)
+                    and _left_by_dead_process(entry)):
+                target = os.path.join(directory, name)
+                if kind == ".old-" and not os.path.exists(target):
+                    os.rename(path, target)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_directory(directory: str, write: Callable[[str], None]) -> None:
+    """Replaces ``directory`` as a whole by a new one that ``write(path)`` fills.
+
+    Readers see the complete old set of files or the complete new one, never a mix.
+    A kill leaves at most a hidden half beside it, which the next
+    :func:`remove_stale_temporaries` of the parent clears.
+    """
+    parent, name = os.path.split(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    new = _temporary_name(parent, name, "new")
+    try:
+        write(new)
+        os.chmod(new, 0o777 & ~_UMASK)  # mkdtemp creates 0700; results are meant to be shared
+        old = None
+        if os.path.exists(directory):
+            old = _temporary_name(parent, name, "old")
+            os.rename(directory, old)  # onto the empty placeholder
+        try:
+            os.rename(new, directory)
+        except BaseException:
+            if old:
+                os.rename(old, directory)
+            raise
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def config_path(workdir: str) -> str:
@@ -150,8 +230,11 @@ def check_new_directory(path: str, what: str) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ValueError(f"{what} {path} lies under {parent}, which is a file; name a new directory elsewhere.")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{what} {path}: {parent} is not writable; name a directory in a writable place.")
+    try:  # by trying: permissions alone miss read-only file systems and /proc
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".probe-"))
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot create a directory in {parent} ({e.strerror or e}); name a"
+                         " directory in a writable place.") from None
 
 
 # ----------------------------------------------------------------------------- the workdir lock

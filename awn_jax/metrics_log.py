@@ -26,29 +26,48 @@ class MetricsLog:
     Disabled (``enabled=False``: the processes other than 0), it writes and prints nothing.
 
     On resume, records after the restored step are dropped so the file holds one
-    history without duplicates.
+    history without duplicates; so are lines that hold no record (a torn last line of
+    a killed run, bytes that are not UTF-8, a record without an integer step), with a
+    warning that names the file.
     """
 
     def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
         self.enabled = enabled
         self.path = io.metrics_path(workdir)
         self._writer = None
+        self._records: set[tuple[int, str]] = set()
         if not enabled:
             return
         if os.path.exists(self.path):
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip() and self._step_of(line) <= resume_step]
+            kept, unreadable = [], 0
+            with open(self.path, "rb") as f:
+                for raw in f:
+                    record = self._record(raw)
+                    if record is None:
+                        unreadable += raw.strip() != b""
+                    elif record["step"] <= resume_step:
+                        kept.append(json.dumps(record) + "\n")
+                        self._records.add((record["step"], record.get("kind")))
+            if unreadable:
+                print(f"warning: {self.path}: dropped {unreadable} line(s) that hold no metrics record.",
+                      file=sys.stderr)
             io.atomic_write(self.path, "".join(kept))
         from tensorboardX import SummaryWriter
 
         self._writer = SummaryWriter(io.tensorboard_dir(workdir))
 
     @staticmethod
-    def _step_of(line: str) -> int:
+    def _record(raw: bytes) -> dict | None:
         try:
-            return int(json.loads(line).get("step", 0))
-        except (ValueError, AttributeError):
-            return 1 << 62  # a torn last line from a killed run: drop it
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        step = record.get("step") if isinstance(record, dict) else None
+        return record if isinstance(step, int) and not isinstance(step, bool) else None
+
+    def has(self, step: int, kind: str) -> bool:
+        """Whether the file held a ``kind`` record at ``step`` when this log was opened."""
+        return (int(step), kind) in self._records
 
     def write(self, step: int, kind: str, values: Mapping[str, Any]) -> None:
         """Records ``values`` (scalars or per-width lists) at ``step``."""

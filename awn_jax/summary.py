@@ -99,8 +99,7 @@ def format_rows(rows: Sequence[VariantRow]) -> str:
 
 
 if __name__ == "__main__":  # the command lives in awn_jax.cli.summary
-    import sys
-
+    from awn_jax.cli.common import exit_with
     from awn_jax.cli.summary import run
 
-    sys.exit(run())
+    exit_with(run)

@@ -156,12 +156,23 @@ def sweep(
 
 
 def write_outputs(directory: str, result: dict) -> None:
-    """``sweep.csv``, ``sweep.png`` and ``sweep.json`` (last: readers look for it), each atomically."""
-    os.makedirs(directory, exist_ok=True)
+    """``sweep.csv``, ``sweep.png`` and ``sweep.json`` in ``directory``, replaced as one set.
+
+    A kill never leaves files of two sweeps side by side (``io.replace_directory``), and
+    what an earlier killed write left beside ``directory`` is cleared first.
+    """
     text = StringIO()
     writer = csv.DictWriter(text, fieldnames=list(result["rows"][0]))
     writer.writeheader()
     writer.writerows(result["rows"])
-    io.atomic_write(os.path.join(directory, "sweep.csv"), text.getvalue())
-    io.atomic_write(os.path.join(directory, "sweep.png"), report.plot([result], two_panels=True))
-    io.atomic_write(os.path.join(directory, "sweep.json"), json.dumps(result, indent=1))
+    files = {"sweep.csv": text.getvalue(), "sweep.png": report.plot([result], two_panels=True),
+             "sweep.json": json.dumps(result, indent=1)}
+
+    def write(path: str) -> None:
+        for name, content in files.items():
+            with open(os.path.join(path, name), "wb" if isinstance(content, bytes) else "w") as f:
+                f.write(content)
+
+    parent, name = os.path.split(os.path.abspath(directory))
+    io.remove_stale_temporaries(parent, only=name)
+    io.replace_directory(directory, write)

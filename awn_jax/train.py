@@ -123,6 +123,7 @@ class _StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.name = None  # of the first signal
         self._previous = {}
 
     def __enter__(self):
@@ -134,6 +135,7 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.name = signal.Signals(signum).name
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -180,7 +182,10 @@ def train_and_evaluate(
       splits: in-memory ``(train, test)`` splits instead of loading ``config.dataset``.
 
     Returns:
-      ``{"step": final step, "accuracy": {width: top-1}, "interrupted": bool, "state": state}``.
+      ``{"step": final step, "accuracy": {width: top-1}, "interrupted": bool, "signal":
+      name of a SIGTERM/SIGINT that arrived (None if none), "state": state}``; a signal
+      after the loop leaves the run finished (``interrupted`` False) and is reported for
+      the caller to stop.
     """
     validate(config)
     info = data.get_info(config.dataset)
@@ -232,9 +237,12 @@ def train_and_evaluate(
     _refuse_together(refusal)
     with lock or contextlib.nullcontext():
         ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints)
+        if primary:
+            io.remove_stale_temporaries(workdir)
+            # On resume too: the fields a resumed run may change (RESUMABLE_FIELDS, e.g. the sweep's
+            # settings) take effect where they are read from this file, as in the sweep after training.
+            checkpoints.save_config(workdir, config)
         if state is None:
-            if primary:
-                checkpoints.save_config(workdir, config)
             init = jax.jit(functools.partial(steps.create_state, model, tx, config.seed, info.image_shape),
                            out_shardings=sharding.replicated(mesh))
             state = init()
@@ -294,19 +302,24 @@ def train_and_evaluate(
                 if multihost.any_process(stop.requested) or (stop_after_steps is not None and done >= stop_after_steps):
                     interrupted = done < total_steps
                     break
-        final_step = int(jax.device_get(state.step))
-        if final_step != last_saved:
-            ckpt.save(final_step, state)
-        result = {"step": final_step, "interrupted": interrupted}
-        if not interrupted:
-            acc = _evaluate(model, state, test, info, config, mesh)
-            log.write(final_step, "final", {"accuracy": list(acc.values()), "widths": list(acc),
-                                            "wall_seconds": time.perf_counter() - run_start})
-            log.console("final " + " ".join(f"@{w:g}: {a:.4f}" for w, a in acc.items()))
-            result["accuracy"] = acc
-        else:
-            log.console(f"stopped at step {final_step}; checkpoint saved. Run again with the same --workdir to resume.")
-        ckpt.close()
-        log.close()
+            final_step = int(jax.device_get(state.step))
+            if final_step != last_saved:
+                ckpt.save(final_step, state)
+            result = {"step": final_step, "interrupted": interrupted}
+            if not interrupted:
+                acc = _evaluate(model, state, test, info, config, mesh)
+                if not log.has(final_step, "final"):  # a rerun of a finished run records nothing new
+                    log.write(final_step, "final", {"accuracy": list(acc.values()), "widths": list(acc),
+                                                    "wall_seconds": time.perf_counter() - run_start})
+                log.console("final " + " ".join(f"@{w:g}: {a:.4f}" for w, a in acc.items()))
+                result["accuracy"] = acc
+            else:
+                log.console(f"stopped at step {final_step}; checkpoint saved. Run again with the same --workdir"
+                            " to resume.")
+            ckpt.close()
+            log.close()
+            # A signal after the loop (during the final save or evaluation) is not lost: the caller stops.
+            result["signal"] = (stop.name or "a signal to another process") if multihost.any_process(stop.requested) \
+                else None
         result["state"] = state
         return result

@@ -1,4 +1,4 @@
-"""Faults: SIGKILL at random moments (during saves too), SIGTERM/Ctrl-C, disk full, NaN.
+"""Faults: SIGKILL at random moments (during saves too), SIGTERM/Ctrl-C, a failed save, NaN.
 
 The kill loop runs ``AWN_KILL_LOOP_ITERATIONS`` kills (3 here, to stay inside the
 test-time budget); for the long version, by hand:
@@ -18,7 +18,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from awn_jax import checkpoints, data, io, optim, sharding, steps, train
@@ -43,9 +42,10 @@ def cli(tmp_path_factory):
               "--config.data.train_examples=0", "--config.data.test_examples=0", "--config.eval_widths=(1.0,)",
               "--config.sweep.after_training=False", "--config.log_every_steps=1"]
 
-    def start(workdir, *extra):
-        return subprocess.Popen([sys.executable, "-m", "awn_jax.main", *common, f"--workdir={workdir}", *extra],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def start(workdir, *extra, program=("-m", "awn_jax.main"), **more_env):
+        return subprocess.Popen([sys.executable, *program, *common, f"--workdir={workdir}", *extra],
+                                cwd=REPO, env={**env, **more_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
 
     return start
 
@@ -133,24 +133,89 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(cli, tmp_path, si
     assert "Traceback" not in output
 
 
-def test_disk_full_during_a_save_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
-    config = tiny_config(checkpoint_every_steps=2)
-    splits = (fake_split(config.dataset, 48, 0), fake_split(config.dataset, 16, 1))
-    original = ocp.CheckpointManager.save
-    calls = []
+# The training command, with the rename that completes a checkpoint failing at one step: what a
+# second writer of the step's name, a full disk or a lost file server does to a real save.
+FAILING_SAVE = """
+import errno, os, sys
+from orbax.checkpoint._src.path import atomicity
+from awn_jax.cli.common import exit_with
+from awn_jax.cli.train import run
 
-    def save(self, step, *args, **kwargs):
-        calls.append(step)
-        if len(calls) > 1:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return original(self, step, *args, **kwargs)
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
-    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-    with pytest.raises(checkpoints.CheckpointError, match=r"step 4 .*No space left on device.*Intact checkpoints: \[2\]"):
-        train.train_and_evaluate(config, str(tmp_path), splits=splits)
-    monkeypatch.setattr(ocp.CheckpointManager, "save", original)
-    step, state = _final_state(tmp_path)
-    assert step == 2 and int(state.step) == 2
+async def failing_finalize(self):
+    if os.path.basename(str(self._final_path)) == os.environ["AWN_FAIL_STEP"]:
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), str(self._final_path))
+    return await finalize(self)
+
+atomicity.AtomicRenameTemporaryPath.finalize = failing_finalize
+exit_with(lambda: run(["python -m awn_jax.main", *sys.argv[1:]]))
+"""
+
+
+def test_a_failed_save_in_a_training_process_exits_at_once_and_keeps_earlier_checkpoints(cli, tmp_path):
+    script = tmp_path / "failing_save.py"
+    script.write_text(FAILING_SAVE)
+    process = cli(tmp_path / "wd", "--config.checkpoint_every_steps=3", program=(str(script),), AWN_FAIL_STEP="6")
+    output = process.communicate(timeout=120)[0]  # a process that hangs after its error fails here
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert process.returncode == 2 and "Traceback" not in output, output[-3000:]
+    assert len(errors) == 1 and "saving the checkpoint of step 6" in errors[0] and "File exists" in errors[0]
+    assert errors[0].endswith("Intact checkpoints: [3].")
+    step, state = _final_state(tmp_path / "wd")
+    assert step == 3 and int(state.step) == 3
+
+
+def test_a_signal_during_the_sweep_after_training_exits_0_and_the_next_run_sweeps(cli, tmp_path):
+    args = ("--config.num_epochs=1", "--config.sweep.after_training=True", "--config.sweep.throughput_repeats=20")
+    process = cli(tmp_path, *args)
+    _wait_for_line(process, r"^final ")
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
+    assert ("SIGTERM after training: training is finished and its checkpoint (step 16) is saved; run the same"
+            " command again to sweep.") in output
+    assert not os.path.exists(tmp_path / "eval")
+    rerun = cli(tmp_path, *args[:2], "--config.sweep.throughput_repeats=0")
+    assert rerun.wait(timeout=120) == 0 and os.path.exists(tmp_path / "eval" / "sweep.json")
+    rerun.stdout.close()
+
+
+def test_replace_directory_is_all_or_nothing_and_stale_halves_are_recovered(tmp_path, monkeypatch):
+    target = tmp_path / "eval"
+
+    def writer(text):
+        return lambda path: open(os.path.join(path, "a.txt"), "w").write(text)
+
+    io.replace_directory(str(target), writer("old"))
+    with pytest.raises(ZeroDivisionError):  # the new set fails half-way: the old one stays whole
+        io.replace_directory(str(target), lambda path: (writer("half")(path), 1 / 0))
+    assert os.listdir(tmp_path) == ["eval"] and (target / "a.txt").read_text() == "old"
+    renames = []
+    real_rename = os.rename
+
+    def rename(a, b):  # the second rename (new set into place) fails
+        renames.append(b)
+        if len(renames) == 2:
+            raise OSError(errno.EIO, "I/O error")
+        return real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError):
+        io.replace_directory(str(target), writer("new"))
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert os.listdir(tmp_path) == ["eval"] and (target / "a.txt").read_text() == "old"
+    # A kill between the renames, and a live writer's half that must be left alone.
+    dead, live = 2 ** 22 + 1, os.getpid()
+    real_rename(target, tmp_path / f".eval.old-{dead}-a")
+    (tmp_path / f".eval.new-{dead}-b").mkdir()
+    (tmp_path / f".eval.new-{live}-c").mkdir()
+    (tmp_path / ".tmp-xyzsweep.json").write_text("")
+    io.remove_stale_temporaries(str(tmp_path), only="eval")
+    assert sorted(os.listdir(tmp_path)) == [".eval.new-%d-c" % live, ".tmp-xyzsweep.json", "eval"]
+    assert (target / "a.txt").read_text() == "old"
+    io.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [".eval.new-%d-c" % live, "eval"]
 
 
 def test_an_unwritable_workdir_is_a_clear_error(tmp_path):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import resource
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -267,4 +266,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    common.exit_with(run)

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import jax
 from absl import flags, logging
@@ -23,7 +23,7 @@ from absl import flags, logging
 from awn_jax import checkpoints, config as config_lib, data, io, multihost, runtime
 from awn_jax.compilation import enable_compilation_cache
 
-__all__ = ["USER_ERRORS", "UsageError", "new_flags", "define_launch_flags", "join_run", "run"]
+__all__ = ["USER_ERRORS", "UsageError", "new_flags", "define_launch_flags", "join_run", "run", "exit_with"]
 
 # This project's own errors: their messages are the user's to read, never a lost process.
 _OWN_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError,
@@ -239,3 +239,27 @@ def _one_line(error: BaseException, several: bool) -> str:
         return (f"{where}: another process of this run stopped or became unreachable ({text[:300]}). The"
                 " checkpoints on disk are intact: start every process again to resume.")
     return f"{where}: {text}"
+
+
+def exit_with(command: Callable[[], int]) -> NoReturn:
+    """Runs ``command`` as this process's entry point and exits with its status.
+
+    A failed command leaves at once (``os._exit``): a thread that an orbax or JAX
+    failure left running would otherwise keep the process alive after its error line.
+    Ctrl-C outside the training loop (which saves and stops by itself) is one line too.
+    """
+    try:
+        status = command()
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); the checkpoints on disk are intact.", file=sys.stderr)
+        status = 130
+    except SystemExit:
+        raise
+    except BaseException:  # a bug: its traceback, then out
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status:
+        os._exit(status)
+    sys.exit(0)

@@ -8,7 +8,6 @@ Training prepares on first use too; this command only separates the step.
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from absl import flags
@@ -43,4 +42,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    common.exit_with(run)

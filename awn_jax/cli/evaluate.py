@@ -15,8 +15,8 @@ flags of training (--coordinator_address, --num_processes, --process_id, or
 
 from __future__ import annotations
 
+import math
 import os
-import sys
 from typing import Sequence
 
 from absl import flags
@@ -54,6 +54,16 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
     """Compares sweeps, or sweeps a workdir (reusing a saved sweep for a budget) and picks a width."""
     if not fv.workdir and not fv.compare:
         raise common.UsageError("give --workdir (or --compare).")
+    compared = [p for p in fv.compare or () if p.strip()]
+    if fv.compare is not None and not compared:
+        raise common.UsageError("--compare lists no sweeps; give comma-separated workdirs or sweep.json files.")
+    for name in ("budget_macs", "budget_ms"):  # checked before a sweep is run for it
+        value = getattr(fv, name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise common.UsageError(f"--{name}={value:g} is not a positive number; give the budget per image"
+                                    f"{' (MACs)' if name == 'budget_macs' else ' batch (milliseconds)'}.")
+    if fv.budget_macs is not None and fv.budget_ms is not None:
+        raise common.UsageError("give exactly one budget: --budget_macs or --budget_ms.")
     common.join_run(fv)
     primary = multihost.is_primary()
     say = print if primary else lambda *_: None
@@ -61,7 +71,7 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
         if fv.out:
             io.check_output_file(fv.out, "--out")
         if primary:
-            print(report.compare(fv.compare, fv.out))
+            print(report.compare(compared, fv.out))
         return 0
     budget = fv.budget_macs is not None or fv.budget_ms is not None
     saved = io.sweep_path(fv.workdir, fv.calibration)
@@ -86,4 +96,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    common.exit_with(run)

@@ -9,7 +9,6 @@ model.json beside it (awn_jax.export.load reads it back).
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from absl import flags
@@ -53,4 +52,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    common.exit_with(run)

@@ -8,7 +8,6 @@ US-Net's listed widths), and active parameters and MACs per width.
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from absl import flags
@@ -38,4 +37,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    common.exit_with(run)

@@ -28,6 +28,8 @@ in one line with exit status 2 (--debug: with the traceback).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from typing import Sequence
 
@@ -52,16 +54,58 @@ def define_flags(argv: Sequence[str]) -> flags.FlagValues:
     return fv
 
 
+class _Interrupted(Exception):
+    """SIGTERM or Ctrl-C arrived outside the training loop (which saves and stops by itself)."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM and Ctrl-C raise :class:`_Interrupted` inside the block.
+
+    The training loop installs its own handlers (save, then stop) and restores these.
+    """
+    def interrupt(signum, frame):
+        raise _Interrupted(signal.Signals(signum).name)
+
+    try:
+        previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread: leave signals alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(fv: flags.FlagValues, args: list[str]) -> int:
-    """Trains, then sweeps every width (each calibration, for US-Net) unless interrupted."""
+    """Trains, then sweeps every width (each calibration, for US-Net) unless interrupted.
+
+    SIGTERM or Ctrl-C ends the command with status 0 and a line saying where it stopped:
+    in the training loop after saving a checkpoint; before it with the checkpoints on
+    disk intact; after it (final evaluation, sweep) with training finished and saved, so
+    that the next run with the same workdir only sweeps.
+    """
     common.join_run(fv)
     config = fv.config
-    result = train.train_and_evaluate(config, fv.workdir)
-    if config.sweep.after_training and not result["interrupted"]:
-        for num in config.sweep.calibrations if config.variant == "usnet" else (0,):
-            summary = report.format_summary(sweep.sweep(fv.workdir, calibration=num))  # on every process
-            if multihost.is_primary():
-                print(summary)
+    result = None
+    try:
+        with _signals_interrupt():
+            result = train.train_and_evaluate(config, fv.workdir)
+            if result["signal"] and not result["interrupted"]:  # arrived after the training loop
+                raise _Interrupted(result["signal"])
+            if config.sweep.after_training and not result["interrupted"]:
+                for num in config.sweep.calibrations if config.variant == "usnet" else (0,):
+                    summary = report.format_summary(sweep.sweep(fv.workdir, calibration=num))  # on every process
+                    if multihost.is_primary():
+                        print(summary)
+    except _Interrupted as e:
+        if result is None:
+            print(f"{e} before training finished: the checkpoints on disk are intact; run the same command"
+                  " again to resume.", file=sys.stderr)
+        else:
+            print(f"{e} after training: training is finished and its checkpoint (step {result['step']}) is"
+                  " saved; run the same command again to sweep.", file=sys.stderr)
     return 0
 
 
@@ -72,4 +116,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    common.exit_with(run)

@@ -1,0 +1,151 @@
+"""Issue 19's convergence: AUC and top-1 against epochs of the full-length runs.
+
+    python -m experiments.convergence              # train (resumable), then report
+    python -m experiments.convergence --report_only  # report what the runs have so far
+
+The runs are seed 2019 on the real Fashion-MNIST for 100 epochs (the paper's length),
+AWN+RS and AWN first, then US-Net and S-Net; each keeps 20 evenly spaced checkpoints
+(every 5 epochs, ``runner.command``). The report sweeps every kept checkpoint (US-Net
+calibrated at 10 widths, the paper's middle column), caches each point in
+``experiments/results/convergence/points.json`` (a checkpoint is swept once), and writes
+``convergence.md`` (table at epochs 5, 10, 25, 50, 75, 100 beside the paper's AUC),
+``convergence.csv`` (every point) and ``convergence.png``. Runs still training are
+reported up to their newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from io import BytesIO, StringIO
+
+from awn_jax import checkpoints, data, io
+from awn_jax.sweep import sweep
+from experiments import runner
+from experiments.table2_fmnist import PAPER_AUC
+
+ORDER = ("awn_rs", "awn", "usnet", "snet")
+SEED = 2019
+US_NET_CALIBRATION = 10
+TABLE_EPOCHS = (5, 10, 25, 50, 75, 100)
+POINT_FIELDS = ("method", "epoch", "step", "auc_reference_mean", "auc_trapezoid", "top1_at_1", "top1_at_0.25")
+
+
+def _column(key: str) -> str:
+    return f"US-Net {US_NET_CALIBRATION}w" if key == "usnet" else runner.METHODS[key][0]
+
+
+def _steps_per_epoch(run_dir: str) -> int:
+    config = checkpoints.load_config(run_dir)
+    return data.get_info(config.dataset).train_examples // config.batch_size
+
+
+def _point(key: str, run_dir: str, step: int, splits) -> dict:
+    result = sweep(run_dir, step=step, calibration=US_NET_CALIBRATION if key == "usnet" else 0,
+                   throughput_repeats=0, splits=splits, write=False)
+    s, rows = result["summary"], result["rows"]
+    top1 = {r["width"]: 100 * r["top1"] for r in rows}
+    return {"method": _column(key), "epoch": step / _steps_per_epoch(run_dir),
+            "step": step, "auc_reference_mean": 100 * s["auc_reference_mean"],
+            "auc_trapezoid": 100 * s["auc_trapezoid"], "top1_at_1": top1[1.0], "top1_at_0.25": top1[0.25]}
+
+
+def collect(workroot: str, epochs: int, cache_path: str) -> list[dict]:
+    """Every kept checkpoint's point, sweeping only those not in the cache."""
+    cache = runner.load_json(cache_path) if os.path.exists(cache_path) else {}
+    for key in ORDER:
+        run_dir = runner.workdir(runner.spec(key, SEED), workroot, epochs)
+        if not os.path.isdir(run_dir):
+            continue
+        todo = [s for s in checkpoints.saved_steps(run_dir) if f"{key}/{s}" not in cache]
+        if not todo:
+            continue
+        config = checkpoints.load_config(run_dir)
+        splits = data.load_data(config)
+        for step in todo:
+            cache[f"{key}/{step}"] = _point(key, run_dir, step, splits)
+            # Saved after each point: a stopped report resumes where it was.
+            io.atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True))
+            print(f"{key} step {step}: AUC {cache[f'{key}/{step}']['auc_reference_mean']:.2f}", flush=True)
+    return sorted(cache.values(), key=lambda p: (ORDER.index(_key(p["method"])), p["step"]))
+
+
+def _key(column: str) -> str:
+    return next(k for k in ORDER if _column(k) == column)
+
+
+def table(points: list[dict]) -> str:
+    """Markdown: one row per (method, table epoch that has a checkpoint), the paper's AUC beside it."""
+    lines = ["| method | epoch | AUC, 10-width mean (%) | paper, 100 epochs (%) | ours − paper |"
+             " AUC, trapezoid (%) | top-1 @1 (%) | top-1 @0.25 (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        if round(p["epoch"], 6) not in TABLE_EPOCHS:
+            continue
+        paper = PAPER_AUC[p["method"]]
+        lines.append(f"| {p['method']} | {p['epoch']:g} | {p['auc_reference_mean']:.2f} | {paper:.2f} |"
+                     f" {p['auc_reference_mean'] - paper:+.2f} | {p['auc_trapezoid']:.2f} | {p['top1_at_1']:.2f} |"
+                     f" {p['top1_at_0.25']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(points: list[dict]) -> bytes:
+    """PNG: AUC against epochs (the paper's value dashed), and top-1 at widths 1 and 0.25."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (auc_ax, top_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
+        mine = [p for p in points if p["method"] == method]
+        color = f"C{i}"
+        epochs = [p["epoch"] for p in mine]
+        auc_ax.plot(epochs, [p["auc_reference_mean"] for p in mine], marker=".", color=color, label=method)
+        auc_ax.axhline(PAPER_AUC[method], color=color, linestyle="--", linewidth=0.8)
+        top_ax.plot(epochs, [p["top1_at_1"] for p in mine], marker=".", color=color, label=f"{method} @1")
+        top_ax.plot(epochs, [p["top1_at_0.25"] for p in mine], marker="x", linestyle=":", color=color,
+                    label=f"{method} @0.25")
+    auc_ax.set(xlabel="epoch", ylabel="AUC, 10-width mean (%)", title="AUC (dashed: the paper at 100 epochs)")
+    top_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="top-1 at widths 1 and 0.25")
+    for ax in (auc_ax, top_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def report(workroot: str, epochs: int) -> str:
+    out = runner.results_dir("convergence")
+    points = collect(workroot, epochs, os.path.join(out, "points.json"))
+    if not points:
+        raise SystemExit(f"no checkpoints under {workroot}/e{epochs}: train first (without --report_only).")
+    md = table(points)
+    io.atomic_write(os.path.join(out, "convergence.md"), md + "\n")
+    text = StringIO()
+    writer = csv.DictWriter(text, fieldnames=POINT_FIELDS)
+    writer.writeheader()
+    writer.writerows(points)
+    io.atomic_write(os.path.join(out, "convergence.csv"), text.getvalue())
+    io.atomic_write(os.path.join(out, "convergence.png"), plot(points))
+    return md
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=100, help="epochs per run (the paper: 100)")
+    parser.add_argument("--workroot", default=runner.DEFAULT_WORKROOT, help="where the run workdirs are")
+    parser.add_argument("--report_only", action="store_true", help="train nothing; report the checkpoints so far")
+    args = parser.parse_args()
+    if not args.report_only:
+        runner.train([runner.spec(k, SEED) for k in ORDER], args.workroot, args.epochs)
+    print(report(args.workroot, args.epochs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The real entry points in subprocesses, each bounded in time (a hang fails, it does not stall).
+
+Inputs and faults that the in-process tests (``test_bad_input``) cannot show: what a
+process does after the error (it must exit), tracebacks that escape the error wrapper,
+files a refused command must leave untouched, and a rerun or a resume of a finished run.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from awn_jax import sweep, train
+from helpers import fake_split, tiny_config, write_fake_fmnist
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+BOUND_S = 120
+
+
+def _run(module, *args, env=None):
+    """``python -m module args``; a run past BOUND_S raises (subprocess.TimeoutExpired)."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=BOUND_S, env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})))
+
+
+def _one_line_error(result, *needles):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def _snapshot(path):
+    return sorted((os.path.relpath(os.path.join(r, f), path), os.path.getsize(os.path.join(r, f)),
+                   os.path.getmtime(os.path.join(r, f))) for r, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished, swept run on generated Fashion-MNIST files, and the flags that resume it."""
+    root = tmp_path_factory.mktemp("finished")
+    raw = root / "raw"
+    raw.mkdir()
+    write_fake_fmnist(raw, n_train=48, n_test=16)
+    config = tiny_config(num_epochs=1, **{"sweep.throughput_repeats": 0, "data.raw": str(raw),
+                                          "data_dir": str(root / "tfds")})
+    splits = (fake_split(config.dataset, 48, 0), fake_split(config.dataset, 16, 1))
+    train.train_and_evaluate(config, str(root / "wd"), splits=splits)
+    sweep.sweep(str(root / "wd"), splits=splits)
+    resume = ["--config=configs/lenet_fmnist.py:smoke", f"--config.data.raw={raw}",
+              f"--config.data_dir={root / 'tfds'}", "--config.batch_size=16", "--config.num_epochs=1",
+              "--config.eval_batch_size=32", "--config.log_every_steps=2", "--config.checkpoint_every_steps=3",
+              "--config.sweep.throughput_repeats=0"]
+    return root / "wd", resume
+
+
+def _copy(finished, tmp_path, name="wd"):
+    shutil.copytree(finished[0], tmp_path / name)
+    return tmp_path / name
+
+
+def test_refusals_are_one_line_and_leave_every_file_as_it_was(finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    (tmp_path / "bad.json").write_text("{not json")
+    no_sweep = _copy(finished, tmp_path, "no_sweep")
+    shutil.rmtree(no_sweep / "eval")
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    shutil.copy(workdir / "config.json", untrained)
+    watched = [workdir, no_sweep, untrained]
+    before = [_snapshot(p) for p in watched]
+    cases = [
+        (("awn_jax.export", f"--workdir={workdir}", "--width=0.5", "--out=/proc/exported"),
+         ["cannot create a directory in /proc"]),
+        (("awn_jax.export", f"--workdir={workdir}", "--width=0.5", f"--out={a_file}/sub"), ["which is a file"]),
+        (("awn_jax.data", "fashion_mnist", f"--data_dir={a_file}"), ["data directory", "is a file"]),
+        (("awn_jax.main", *finished[1], f"--config.data_dir={a_file}", f"--workdir={tmp_path / 'new'}"),
+         ["data directory", "is a file"]),
+        (("awn_jax.main", *finished[1], "--config.data.train_examples=-5", f"--workdir={tmp_path / 'new'}"),
+         ["config.data.train_examples", "-5"]),
+        (("awn_jax.main", *finished[1], "--config.sweep.grid_step=1e-6", f"--workdir={tmp_path / 'new'}"),
+         ["config.sweep.grid_step"]),
+        (("awn_jax.evaluate", f"--workdir={a_file}"), ["is a file, not a training workdir"]),
+        (("awn_jax.export", f"--workdir={a_file}", "--width=0.5", f"--out={tmp_path / 'out'}"),
+         ["is a file, not a training workdir"]),
+        (("awn_jax.evaluate", "--compare=,"), ["--compare lists no sweeps"]),
+        (("awn_jax.evaluate", f"--compare={tmp_path / 'bad.json'},{workdir}"), [str(tmp_path / "bad.json")]),
+        # Validated before the sweep that a workdir without one would run.
+        (("awn_jax.evaluate", f"--workdir={no_sweep}", "--budget_macs=-5"), ["--budget_macs=-5", "positive"]),
+        # Readers do not create a checkpoints/ directory.
+        (("awn_jax.evaluate", f"--workdir={untrained}"), ["no checkpoint in", "train first"]),
+        (("awn_jax.export", f"--workdir={untrained}", "--width=0.5", f"--out={tmp_path / 'out'}"),
+         ["no checkpoint in"]),
+    ]
+    for args, needles in cases:
+        _one_line_error(_run(*args), *needles)
+    assert [_snapshot(p) for p in watched] == before
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "bad.json", "no_sweep", "untrained", "wd"]
+    assert a_file.read_text() == "not a directory"
+
+
+def test_a_damaged_metrics_log_a_changed_sweep_setting_and_a_rerun_of_a_finished_run(finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    finals = sum(json.loads(line)["kind"] == "final" for line in open(workdir / "metrics.jsonl"))
+    with open(workdir / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": null}\n\xff\xfe not UTF-8\n')
+    (workdir / ".tmp-abcconfig.json").write_text("left by a killed write")
+    result = _run("awn_jax.main", *finished[1], "--config.sweep.grid_step=0.25", f"--workdir={workdir}")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"{workdir / 'metrics.jsonl'}: dropped 2 line(s) that hold no metrics record" in result.stderr
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert sum(r["kind"] == "final" for r in records) == finals == 1  # the rerun adds no second final record
+    # The resumed run's sweep setting is the one used (0.25 grid: 4 widths + the reference's 10).
+    rows = json.loads((workdir / "eval" / "sweep.json").read_text())["rows"]
+    assert {0.25, 0.5, 0.75, 1.0} <= {r["width"] for r in rows} and len(rows) < 20
+    assert not (workdir / ".tmp-abcconfig.json").exists()
+
+
+def test_a_sweep_replaces_its_outputs_as_one_set_and_clears_what_a_killed_one_left(finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    # A sweep killed between its two renames: the old set moved aside, the new one not yet in place.
+    dead = 2 ** 22 + 12345  # above pid_max's default: no live process has it
+    os.rename(workdir / "eval", workdir / f".eval.old-{dead}-x1")
+    (workdir / f".eval.new-{dead}-x2").mkdir()
+    (workdir / f".eval.new-{dead}-x2" / "sweep.csv").write_text("half of a newer sweep")
+    result = _run("awn_jax.evaluate", f"--workdir={workdir}", "--throughput_repeats=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(workdir / "eval")) == ["sweep.csv", "sweep.json", "sweep.png"]
+    assert not [e for e in os.listdir(workdir) if e.startswith(".eval")]
+
+
+def test_a_reader_racing_a_trainer_that_deletes_checkpoints_takes_the_new_latest(finished, tmp_path, monkeypatch):
+    # In-process: the deletion is injected at the moment of reading, which a subprocess cannot time.
+    from awn_jax import checkpoints, evaluation
+
+    workdir = _copy(finished, tmp_path)
+    directory = workdir / "checkpoints"
+    (latest,) = checkpoints.saved_steps(str(workdir))
+    shutil.copytree(directory / str(latest), directory / str(latest - 1))
+    restore = checkpoints.Checkpointer.restore
+
+    def deleted_while_read(self, target, step=None):
+        if step == latest and (directory / str(latest)).exists():
+            shutil.rmtree(directory / str(latest))  # the trainer's keep_checkpoints, mid-read
+            raise checkpoints.CheckpointError("cannot be restored (Event loop is closed)")
+        return restore(self, target, step)
+
+    monkeypatch.setattr(checkpoints.Checkpointer, "restore", deleted_while_read)
+    assert evaluation.restore_run(str(workdir)).step == latest - 1
+    shutil.copytree(directory / str(latest - 1), directory / str(latest))
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=rf"step {latest} .* was deleted while it was read .* choose one of \[{latest - 1}\]"):
+        evaluation.restore_run(str(workdir), step=latest)
