@@ -41,3 +41,17 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if any(f in item.fixturenames for f in SHARED_FIXTURES):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_random_bits():
+    """In-process tests draw random bits with non-partitionable Threefry, as ``steps.create_state`` does.
+
+    XLA:CPU compiles the partitionable form about 8x slower, and an eager draw compiles
+    once per shape (a LeNet ``init``: 9 s -> 1 s). Values change, never what a test
+    asserts: no test compares in-process random draws with a subprocess's.
+    """
+    import jax
+
+    with jax.threefry_partitionable(False):
+        yield

@@ -49,7 +49,8 @@ def _flags(files, *extra):
             "--config.batch_size=8", "--config.num_epochs=3", "--config.log_every_steps=1",
             "--config.checkpoint_every_steps=2", "--config.eval_batch_size=10", "--config.eval_every_epochs=3",
             "--config.sweep.throughput_repeats=0", "--config.widths.mode=sandwich",
-            "--config.widths.grid_step=0.25", *extra]  # sandwich widths on a grid: few programs to compile
+            # Sandwich and sweep widths on a grid: few programs to compile.
+            "--config.widths.grid_step=0.25", "--config.sweep.grid_step=0.25", *extra]
 
 
 def _env(devices=1):
