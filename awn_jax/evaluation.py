@@ -84,26 +84,34 @@ def _restore(workdir: str, target: Any, step: int | None, latest: int | None, at
 
     A training run deletes its older checkpoints (``keep_checkpoints``) while a reader may
     be reading one: a latest checkpoint that disappears is replaced by the new latest.
+    Every process of a run takes each decision together (a retry, or an error).
     """
     for _ in range(attempts):
         chosen = latest if step is None else step
+        state, error = None, None
         ckpt = checkpoints.Checkpointer(workdir, create=False)
         try:
-            return ckpt.restore(target, chosen), chosen
-        except checkpoints.CheckpointError:
-            if chosen in checkpoints.saved_steps(workdir):
-                raise  # still there: damaged or foreign, not deleted
-            if step is not None:
-                raise checkpoints.CheckpointError(
-                    f"the checkpoint of step {step} in {io.checkpoints_dir(workdir)} was deleted while it was"
-                    f" read (the training run keeps only its newest keep_checkpoints); choose one of"
-                    f" {checkpoints.saved_steps(workdir)}."
-                ) from None
-            latest = multihost.broadcast_int(checkpoints.latest_saved_step(workdir))
-            if latest is None:
-                break
+            state = ckpt.restore(target, chosen)
+        except checkpoints.CheckpointError as e:
+            error = e
         finally:
             ckpt.close()
+        if not multihost.any_process(error is not None):
+            return state, chosen
+        # Still there: damaged or foreign, not deleted.
+        damaged = multihost.any_process(error is not None and chosen in checkpoints.saved_steps(workdir))
+        if damaged:
+            raise error or checkpoints.CheckpointError(
+                f"checkpoint {chosen} in {io.checkpoints_dir(workdir)} cannot be restored on another process"
+                " of this run; its error line says why.")
+        if step is not None:
+            raise checkpoints.CheckpointError(
+                f"the checkpoint of step {step} in {io.checkpoints_dir(workdir)} was deleted while it was"
+                f" read (the training run keeps only its newest keep_checkpoints); choose one of"
+                f" {checkpoints.saved_steps(workdir)}.")
+        latest = multihost.broadcast_int(checkpoints.latest_saved_step(workdir))
+        if latest is None:
+            break
     raise checkpoints.CheckpointError(
         f"the checkpoints in {io.checkpoints_dir(workdir)} were deleted while they were read, {attempts} times;"
         " read again when the training run has saved.")

@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -80,17 +81,19 @@ def atomic_write(path: str, content: str | bytes) -> None:
 
 
 def _temporary_name(parent: str, name: str, kind: str) -> str:
-    # The writer's pid in the name: a later cleanup removes only what a dead process left.
-    return tempfile.mkdtemp(dir=parent, prefix=f".{name}.{kind}-{os.getpid()}-")
+    # The writer's pid and host in the name: a later cleanup removes only what a dead process
+    # of its own host left (a workdir may be shared by hosts, whose pids mean nothing here).
+    return tempfile.mkdtemp(dir=parent, prefix=f".{name}.{kind}-{os.getpid()}@{socket.gethostname()}-")
 
 
-def _left_by_dead_process(entry: str) -> bool:
+def _left_by_dead_process(entry: str, kind: str) -> bool:
+    """Whether a temporary named by :func:`_temporary_name` was left by a process that is gone."""
+    writer = entry.split(kind, 1)[1].rsplit("-", 1)[0]  # "<pid>@<host>"; mkdtemp's suffix has no "-"
+    pid, _, host = writer.partition("@")
+    if not pid.isdigit() or host != socket.gethostname():
+        return False  # not ours to judge
     try:
-        pid = int(entry.rsplit("-", 2)[-2])
-    except (ValueError, IndexError):
-        return True
-    try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
@@ -117,7 +120,7 @@ def remove_stale_temporaries(directory: str, only: str | None = None) -> None:
         for kind in (".new-", ".old-"):
             name = entry[1:].split(kind)[0]
             if (entry.startswith(".") and kind in entry and (only is None or name == only)
-                    and _left_by_dead_process(entry)):
+                    and _left_by_dead_process(entry, kind)):
                 target = os.path.join(directory, name)
                 if kind == ".old-" and not os.path.exists(target):
                     os.rename(path, target)
@@ -139,15 +142,21 @@ def replace_directory(directory: str, write: Callable[[str], None]) -> None:
         write(new)
         os.chmod(new, 0o777 & ~_UMASK)  # mkdtemp creates 0700; results are meant to be shared
         old = None
-        if os.path.exists(directory):
-            old = _temporary_name(parent, name, "old")
-            os.rename(directory, old)  # onto the empty placeholder
+        # No signal handler may raise between the two renames (the commands turn SIGTERM and
+        # Ctrl-C into exceptions); a signal that arrives meanwhile is delivered after.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            os.rename(new, directory)
-        except BaseException:
-            if old:
-                os.rename(old, directory)
-            raise
+            if os.path.exists(directory):
+                old = _temporary_name(parent, name, "old")
+                os.rename(directory, old)  # onto the empty placeholder
+            try:
+                os.rename(new, directory)
+            except OSError:
+                if old:
+                    os.rename(old, directory)
+                raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
@@ -191,8 +200,15 @@ def calibration_dir(workdir: str, num: int) -> str:
 
 
 def dir_bytes(path: str) -> int:
-    """Bytes of every file under ``path``."""
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    """Bytes of every file under ``path`` (files deleted meanwhile, e.g. by a training run, count 0)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def check_output_file(path: str, what: str) -> None:

@@ -172,6 +172,8 @@ def write_outputs(directory: str, result: dict) -> None:
         for name, content in files.items():
             with open(os.path.join(path, name), "wb" if isinstance(content, bytes) else "w") as f:
                 f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
 
     parent, name = os.path.split(os.path.abspath(directory))
     io.remove_stale_temporaries(parent, only=name)

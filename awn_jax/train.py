@@ -182,10 +182,11 @@ def train_and_evaluate(
       splits: in-memory ``(train, test)`` splits instead of loading ``config.dataset``.
 
     Returns:
-      ``{"step": final step, "accuracy": {width: top-1}, "interrupted": bool, "signal":
-      name of a SIGTERM/SIGINT that arrived (None if none), "state": state}``; a signal
-      after the loop leaves the run finished (``interrupted`` False) and is reported for
-      the caller to stop.
+      ``{"step": final step, "accuracy": {width: top-1} (absent if stopped before the
+      final evaluation), "interrupted": bool, "signal": the name of a SIGTERM/SIGINT that
+      arrived (``"a signal to another process"`` on the others; None if none), "state":
+      state}``; a signal after the loop leaves the run finished (``interrupted`` False)
+      and is reported for the caller to stop.
     """
     validate(config)
     info = data.get_info(config.dataset)
@@ -306,14 +307,15 @@ def train_and_evaluate(
             if final_step != last_saved:
                 ckpt.save(final_step, state)
             result = {"step": final_step, "interrupted": interrupted}
-            if not interrupted:
+            # Stopped during the final save: the final evaluation waits for the next run.
+            if not interrupted and not multihost.any_process(stop.requested):
                 acc = _evaluate(model, state, test, info, config, mesh)
                 if not log.has(final_step, "final"):  # a rerun of a finished run records nothing new
                     log.write(final_step, "final", {"accuracy": list(acc.values()), "widths": list(acc),
                                                     "wall_seconds": time.perf_counter() - run_start})
                 log.console("final " + " ".join(f"@{w:g}: {a:.4f}" for w, a in acc.items()))
                 result["accuracy"] = acc
-            else:
+            elif interrupted:
                 log.console(f"stopped at step {final_step}; checkpoint saved. Run again with the same --workdir"
                             " to resume.")
             ckpt.close()

@@ -53,23 +53,31 @@ def _point(key: str, run_dir: str, step: int, splits) -> dict:
 
 
 def collect(workroot: str, epochs: int, cache_path: str) -> list[dict]:
-    """Every kept checkpoint's point, sweeping only those not in the cache."""
+    """Every kept checkpoint's point, sweeping only those not in the cache.
+
+    The cache holds the points of one work root's runs of one length; another work
+    root or length starts it afresh.
+    """
+    origin = {"workroot": os.path.abspath(workroot), "epochs": epochs}
     cache = runner.load_json(cache_path) if os.path.exists(cache_path) else {}
+    if cache.get("origin") != origin:
+        cache = {"origin": origin, "points": {}}
+    points = cache["points"]
     for key in ORDER:
         run_dir = runner.workdir(runner.spec(key, SEED), workroot, epochs)
         if not os.path.isdir(run_dir):
             continue
-        todo = [s for s in checkpoints.saved_steps(run_dir) if f"{key}/{s}" not in cache]
+        todo = [s for s in checkpoints.saved_steps(run_dir) if f"{key}/{s}" not in points]
         if not todo:
             continue
         config = checkpoints.load_config(run_dir)
         splits = data.load_data(config)
         for step in todo:
-            cache[f"{key}/{step}"] = _point(key, run_dir, step, splits)
+            points[f"{key}/{step}"] = _point(key, run_dir, step, splits)
             # Saved after each point: a stopped report resumes where it was.
             io.atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True))
-            print(f"{key} step {step}: AUC {cache[f'{key}/{step}']['auc_reference_mean']:.2f}", flush=True)
-    return sorted(cache.values(), key=lambda p: (ORDER.index(_key(p["method"])), p["step"]))
+            print(f"{key} step {step}: AUC {points[f'{key}/{step}']['auc_reference_mean']:.2f}", flush=True)
+    return sorted(points.values(), key=lambda p: (ORDER.index(_key(p["method"])), p["step"]))
 
 
 def _key(column: str) -> str:

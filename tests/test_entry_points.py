@@ -8,6 +8,7 @@ files a refused command must leave untouched, and a rerun or a resume of a finis
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -124,7 +125,7 @@ def test_a_damaged_metrics_log_a_changed_sweep_setting_and_a_rerun_of_a_finished
 def test_a_sweep_replaces_its_outputs_as_one_set_and_clears_what_a_killed_one_left(finished, tmp_path):
     workdir = _copy(finished, tmp_path)
     # A sweep killed between its two renames: the old set moved aside, the new one not yet in place.
-    dead = 2 ** 22 + 12345  # above pid_max's default: no live process has it
+    dead = f"{2 ** 22 + 12345}@{socket.gethostname()}"  # above pid_max: no process has it
     os.rename(workdir / "eval", workdir / f".eval.old-{dead}-x1")
     (workdir / f".eval.new-{dead}-x2").mkdir()
     (workdir / f".eval.new-{dead}-x2" / "sweep.csv").write_text("half of a newer sweep")

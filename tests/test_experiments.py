@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -87,6 +88,11 @@ def test_convergence_sweeps_each_kept_checkpoint_once_and_tables_it_beside_the_p
     swept.clear()
     convergence.report(str(tmp_path), 100)
     assert swept == [("awn_rs_seed2019", 30 * steps_per_epoch, 0)]
+    # Another work root's runs are not this cache's: everything is swept again.
+    shutil.copytree(tmp_path / "e100", tmp_path / "other" / "e100")
+    swept.clear()
+    convergence.report(str(tmp_path / "other"), 100)
+    assert len(swept) == 5
     out = tmp_path / "results" / "convergence"
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "convergence.csv").read_text().splitlines()) == 1 + 5

@@ -12,6 +12,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -206,16 +207,18 @@ def test_replace_directory_is_all_or_nothing_and_stale_halves_are_recovered(tmp_
     monkeypatch.setattr(os, "rename", real_rename)
     assert os.listdir(tmp_path) == ["eval"] and (target / "a.txt").read_text() == "old"
     # A kill between the renames, and a live writer's half that must be left alone.
-    dead, live = 2 ** 22 + 1, os.getpid()
+    host = socket.gethostname()
+    dead, live = f"{2 ** 22 + 1}@{host}", f"{os.getpid()}@{host}"  # above pid_max: no process has it
     real_rename(target, tmp_path / f".eval.old-{dead}-a")
-    (tmp_path / f".eval.new-{dead}-b").mkdir()
-    (tmp_path / f".eval.new-{live}-c").mkdir()
+    kept = [f".eval.new-{live}-c", f".eval.new-{2 ** 22 + 1}@another-host-d", ".eval.old-backup"]
+    for name in [f".eval.new-{dead}-b", *kept]:
+        (tmp_path / name).mkdir()
     (tmp_path / ".tmp-xyzsweep.json").write_text("")
     io.remove_stale_temporaries(str(tmp_path), only="eval")
-    assert sorted(os.listdir(tmp_path)) == [".eval.new-%d-c" % live, ".tmp-xyzsweep.json", "eval"]
+    assert sorted(os.listdir(tmp_path)) == sorted([*kept, ".tmp-xyzsweep.json", "eval"])
     assert (target / "a.txt").read_text() == "old"
     io.remove_stale_temporaries(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == [".eval.new-%d-c" % live, "eval"]
+    assert sorted(os.listdir(tmp_path)) == sorted([*kept, "eval"])
 
 
 def test_an_unwritable_workdir_is_a_clear_error(tmp_path):

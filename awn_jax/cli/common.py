@@ -251,15 +251,18 @@ def exit_with(command: Callable[[], int]) -> NoReturn:
     try:
         status = command()
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); the checkpoints on disk are intact.", file=sys.stderr)
+        print("error: interrupted (Ctrl-C).", file=sys.stderr)
         status = 130
     except SystemExit:
         raise
     except BaseException:  # a bug: its traceback, then out
         traceback.print_exc()
         status = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a closed pipe (`| head`): nothing more to say
+            pass
     if status:
         os._exit(status)
     sys.exit(0)

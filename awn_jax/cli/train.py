@@ -54,8 +54,12 @@ def define_flags(argv: Sequence[str]) -> flags.FlagValues:
     return fv
 
 
-class _Interrupted(Exception):
-    """SIGTERM or Ctrl-C arrived outside the training loop (which saves and stops by itself)."""
+class _Interrupted(BaseException):
+    """SIGTERM or Ctrl-C arrived outside the training loop (which saves and stops by itself).
+
+    A BaseException, as KeyboardInterrupt is: the ``except Exception`` around a restore or
+    a data read must not turn it into a one-line error about a damaged file.
+    """
 
 
 @contextlib.contextmanager
