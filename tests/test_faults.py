@@ -168,16 +168,18 @@ def test_a_failed_save_in_a_training_process_exits_at_once_and_keeps_earlier_che
 
 
 def test_a_signal_during_the_sweep_after_training_exits_0_and_the_next_run_sweeps(cli, tmp_path):
-    args = ("--config.num_epochs=1", "--config.sweep.after_training=True", "--config.sweep.throughput_repeats=20")
-    process = cli(tmp_path, *args)
-    _wait_for_line(process, r"^final ")
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
-    assert ("SIGTERM after training: training is finished and its checkpoint (step 16) is saved; run the same"
-            " command again to sweep.") in output
-    assert not os.path.exists(tmp_path / "eval")
-    rerun = cli(tmp_path, *args[:2], "--config.sweep.throughput_repeats=0")
+    # SIGTERM in the sweep after training, Ctrl-C in the sweep of the rerun, then a rerun that sweeps.
+    args = ("--config.num_epochs=1", "--config.sweep.after_training=True")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        process = cli(tmp_path, *args, "--config.sweep.throughput_repeats=20")
+        _wait_for_line(process, r"^final ")
+        process.send_signal(signum)
+        output = process.communicate(timeout=120)[0]
+        assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
+        assert (f"{signum.name} after training: training is finished and its checkpoint (step 16) is saved; run"
+                " the same command again to sweep.") in output
+        assert not os.path.exists(tmp_path / "eval")
+    rerun = cli(tmp_path, *args, "--config.sweep.throughput_repeats=0")
     assert rerun.wait(timeout=120) == 0 and os.path.exists(tmp_path / "eval" / "sweep.json")
     rerun.stdout.close()
 
