@@ -25,6 +25,7 @@ setup(
         "matplotlib>=3.8",
         "absl-py>=2.1",
         "tensorboardX>=2.6",
+        "flatbuffers>=24",  # jax.export's serialization (python -m awn_jax.export --format=stablehlo)
     ],
     # The notebooks run in the tests (nbclient on an ipykernel), so they cannot rot.
     # pytest-xdist: the suite runs on 2 processes (compilation is single-threaded).

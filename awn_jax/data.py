@@ -65,6 +65,7 @@ class DatasetInfo:
       augment: random crop (4-pixel padding) and horizontal flip in training.
       default_raw: where the raw files are looked for when none are given.
       raw_hint: how to obtain the raw files.
+      class_names: the label names, in label order (empty where not listed here).
     """
 
     name: str
@@ -76,6 +77,7 @@ class DatasetInfo:
     augment: bool
     default_raw: str | None
     raw_hint: str
+    class_names: tuple[str, ...] = ()
 
 
 DATASETS = {
@@ -85,10 +87,12 @@ DATASETS = {
         "the IDX files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"
         " t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (Debian: `apt-get install"
         " dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist)",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     ),
     "cifar10": DatasetInfo(
         "cifar10", (32, 32, 3), 10, 50000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
         None, "the official cifar-10-python.tar.gz (from the CIFAR-10 homepage)",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
     "cifar100": DatasetInfo(
         "cifar100", (32, 32, 3), 100, 50000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,

@@ -16,6 +16,13 @@ counts::
 
 Every variant exports (S-Net and US-Net carry the BatchNorm of that width);
 the stored size shrinks with the width.
+
+For serving without this library (or without Flax), :func:`save_stablehlo` writes
+the exported model as a portable program: ``jax.export``'s serialized StableHLO, for
+CPU, CUDA and TPU, any batch size, uint8 images in and logits out::
+
+    exported = jax.export.deserialize(open("model.stablehlo", "rb").read())
+    logits = exported.call(images_uint8_nhwc)
 """
 
 from __future__ import annotations
@@ -30,12 +37,16 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from awn_jax import checkpoints, io
+from awn_jax import checkpoints, costs, data, io
 from awn_jax.conv import conv2d
-from awn_jax.models import MODELS, PLAIN, variant_spec
+from awn_jax.models import MODELS, PLAIN, channel_sizes, variant_spec
 from awn_jax.widths import validate_width
 
-__all__ = ["export", "save", "load"]
+__all__ = ["FORMATS", "PLATFORMS", "export", "save", "load", "serialize", "save_stablehlo"]
+
+FORMATS = ("flax", "stablehlo")
+# Where a StableHLO export runs (jax.export lowers for each; one file serves all).
+PLATFORMS = ("cpu", "cuda", "tpu")
 
 _CLASSES = {cls.__name__: cls for cls in MODELS.values()}
 # Program choices, not part of the exported model.
@@ -145,6 +156,8 @@ def load(directory: str) -> tuple[nn.Module, dict]:
     try:
         with open(path) as f:
             spec = json.load(f)
+        if spec.get("format") == "stablehlo":
+            raise ValueError("it is a StableHLO export: run it with jax.export.deserialize(<model.stablehlo>)")
         cls = _CLASSES[spec["class"]]
         fields = {name: _tuples(value) for name, value in spec["fields"].items()}
         if fields.get("variant") != PLAIN:
@@ -164,3 +177,74 @@ if __name__ == "__main__":  # the command lives in awn_jax.cli.export
     from awn_jax.cli.export import run
 
     exit_with(run)
+
+
+def serialize(model: nn.Module, variables: dict, info: data.DatasetInfo) -> bytes:
+    """An exported (plain) model as a portable program: serialized ``jax.export`` StableHLO.
+
+    The program takes a batch of uint8 NHWC images of ``info.image_shape``, in the
+    dataset's pixel format, of any batch size (the batch dimension is symbolic),
+    normalises them inside (``info.mean``, ``info.std``, as training did) and returns
+    float32 logits ``(batch, classes)``. The variables are constants of the program. It
+    is lowered for CPU, CUDA and TPU (``PLATFORMS``).
+
+    Args:
+      model: a plain model (:func:`export`'s first result).
+      variables: its variables.
+      info: the dataset the model was trained on.
+
+    Raises:
+      ValueError: ``model`` is an any-width model, not an export.
+    """
+    if getattr(model, "variant", None) != PLAIN:
+        raise ValueError("serialize takes an exported fixed-width model: call export.export(...) first.")
+
+    def forward(images: jax.Array) -> jax.Array:
+        return model.apply(variables, data.preprocess(images, info))
+
+    (batch,) = jax.export.symbolic_shape("batch")
+    images = jax.ShapeDtypeStruct((batch, *info.image_shape), jnp.uint8)
+    return bytes(jax.export.export(jax.jit(forward), platforms=PLATFORMS)(images).serialize())
+
+
+def save_stablehlo(any_width: nn.Module, any_width_variables: dict, info: data.DatasetInfo, width: float,
+                   directory: str) -> dict:
+    """Writes ``model.stablehlo`` (:func:`serialize`) and ``model.json`` (what a server needs) for ``width``.
+
+    Args:
+      any_width: the trained any-width model.
+      any_width_variables: its variables.
+      info: its dataset.
+      width: the width to export.
+      directory: a new (or empty) directory.
+
+    Returns:
+      The ``model.json`` contents: input shape, dtype and layout, the normalisation done
+      inside, output, class names, width, channel counts, MACs and parameters per image.
+
+    Raises:
+      ValueError: ``directory`` exists and is not empty (nothing is overwritten).
+    """
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and os.listdir(directory):
+        raise ValueError(f"{directory} exists and is not empty; export to a new directory.")
+    plain, variables = export(any_width, any_width_variables, info.image_shape, width)
+    program = serialize(plain, variables, info)
+    [cost] = costs.width_costs(any_width, any_width_variables, info.image_shape, [width])
+    meta = {
+        "format": "stablehlo", "file": "model.stablehlo", "platforms": list(PLATFORMS),
+        "load": "jax.export.deserialize(open('model.stablehlo', 'rb').read()).call(images)",
+        "input": {"shape": [None, *info.image_shape], "dtype": "uint8", "layout": "NHWC",
+                  "pixels": "0..255, as stored in the dataset"},
+        "normalisation": {"inside": True, "formula": "(images / 255 - mean) / std", "mean": list(info.mean),
+                          "std": list(info.std)},
+        "output": {"shape": [None, info.num_classes], "dtype": "float32", "meaning": "logits"},
+        "class_names": list(info.class_names), "dataset": info.name,
+        "model": type(any_width).__name__, "variant": any_width.variant, "width": width,
+        "channels": channel_sizes(variables["params"]), "macs_per_image": cost.macs,
+        "params": cost.params, "jax_version": jax.__version__,
+    }
+    os.makedirs(directory, exist_ok=True)
+    io.atomic_write(os.path.join(directory, "model.stablehlo"), program)
+    io.atomic_write(os.path.join(directory, "model.json"), json.dumps(meta, indent=1))
+    return meta

@@ -157,3 +157,43 @@ def test_a_reader_racing_a_trainer_that_deletes_checkpoints_takes_the_new_latest
     with pytest.raises(checkpoints.CheckpointError,
                        match=rf"step {latest} .* was deleted while it was read .* choose one of \[{latest - 1}\]"):
         evaluation.restore_run(str(workdir), step=latest)
+
+
+SERVE = """
+import sys
+import jax, numpy as np
+exported = jax.export.deserialize(open(sys.argv[1], "rb").read())
+images = np.load(sys.argv[2])
+assert "awn_jax" not in sys.modules and "flax" not in sys.modules
+np.save(sys.argv[3], np.concatenate([np.asarray(exported.call(images[:3])), np.asarray(exported.call(images[3:]))]))
+"""
+
+
+def test_a_stablehlo_export_runs_without_this_library_and_equals_the_any_width_model(finished, tmp_path):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from awn_jax import data, evaluation, export
+
+    workdir, _ = finished
+    out = tmp_path / "exported"
+    result = _run("awn_jax.export", f"--workdir={workdir}", "--width=0.4", "--format=stablehlo", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["input"] == {"shape": [None, 28, 28, 1], "dtype": "uint8", "layout": "NHWC",
+                             "pixels": "0..255, as stored in the dataset"}
+    assert meta["width"] == 0.4 and meta["channels"] == [18] and meta["class_names"][9] == "Ankle boot"
+    assert meta["platforms"] == ["cpu", "cuda", "tpu"]
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype(np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    serve = subprocess.run([sys.executable, "-c", SERVE, str(out / "model.stablehlo"), str(tmp_path / "images.npy"),
+                            str(tmp_path / "logits.npy")], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=BOUND_S, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert serve.returncode == 0, serve.stderr[-2000:]
+    run = evaluation.restore_run(str(workdir))
+    expected = run.model.apply(run.variables, data.preprocess(jnp.asarray(images), run.info), width=0.4)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-5, atol=1e-5)
+    full = json.loads((workdir / "eval" / "sweep.json").read_text())["rows"][-1]
+    assert full["width"] == 1.0 and meta["macs_per_image"] < full["macs"] / 2  # the narrow width costs less
+    with pytest.raises(Exception, match="StableHLO export"):
+        export.load(str(out))

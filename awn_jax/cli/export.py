@@ -5,6 +5,14 @@
 The result is an ordinary network of flax.linen Conv/BatchNorm/Dense layers with the
 masks folded and the channels sliced, saved as its own orbax checkpoint with a
 model.json beside it (awn_jax.export.load reads it back).
+
+    python -m awn_jax.export --workdir=workdirs/awn --width=0.5 --format=stablehlo --out=exported/w050
+
+writes instead a portable program, model.stablehlo (jax.export's serialized StableHLO
+for CPU, CUDA and TPU: uint8 NHWC images of any batch size in, normalised inside,
+float32 logits out), and model.json (input, normalisation, output, class names, width,
+channels, MACs); it runs with JAX alone:
+jax.export.deserialize(open("model.stablehlo", "rb").read()).call(images).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ def define_flags() -> flags.FlagValues:
     flags.DEFINE_float("width", None, "The width to export, in (0, 1].", flag_values=fv)
     flags.DEFINE_string("out", None, "New directory for the exported model.", flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    flags.DEFINE_enum("format", "flax", list(export.FORMATS), "flax: a plain Flax model (export.load);"
+                      " stablehlo: a portable jax.export program.", flag_values=fv)
     flags.mark_flags_as_required(["workdir", "width", "out"], flag_values=fv)
     return fv
 
@@ -36,6 +46,13 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
     validate_width(fv.width, "--width")
     io.check_new_directory(fv.out, "--out")
     run = evaluation.restore_run(fv.workdir, fv.step)
+    if fv.format == "stablehlo":
+        meta = export.save_stablehlo(run.model, run.variables, run.info, fv.width, fv.out)
+        print(f"exported {meta['model']}/{meta['variant']} at width {fv.width:g} (step {run.step}) to"
+              f" {fv.out}/model.stablehlo: {io.dir_bytes(fv.out) / 1024:.1f} KiB, {meta['macs_per_image'] / 1e6:.3f}"
+              f" MMACs per image, for {', '.join(meta['platforms'])}; uint8 NHWC images in, logits out"
+              " (model.json).")
+        return 0
     plain, variables = export.export(run.model, run.variables, run.info.image_shape, fv.width)
     export.save(plain, variables, fv.out)
     on_disk = io.dir_bytes(fv.out)
