@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from awn_jax import costs, layers
 from awn_jax.widths import validate_width
 
-__all__ = ["Cache", "run", "widen", "widening_macs"]
+__all__ = ["Cache", "check_widenable", "run", "widen", "widening_macs"]
 
 _REFUSED = (layers.SwitchableBatchNorm, layers.CalibratedBatchNorm)
 
@@ -55,7 +55,8 @@ class Cache(flax.struct.PyTreeNode):
     macs: int = flax.struct.field(pytree_node=False, default=0)
 
 
-def _check_model(model: nn.Module) -> None:
+def check_widenable(model: nn.Module) -> None:
+    """Raises ValueError unless ``model`` is an AWN (the only variant whose passes can be widened)."""
     variant = getattr(model, "variant", "awn")
     if variant != "awn":
         raise ValueError(
@@ -104,7 +105,7 @@ def run(model: nn.Module, variables: Any, images: jax.Array, width: float,
     Returns:
       ``(output, cache)``; the output equals ``model.apply(variables, images, width=width)``.
     """
-    _check_model(model)
+    check_widenable(model)
     width = validate_width(width)
     outputs, counts = {}, collections.Counter()
 
@@ -134,7 +135,7 @@ def widen(model: nn.Module, variables: Any, images: jax.Array, cache: Cache, wid
     Raises:
       ValueError: a narrower width, a non-AWN model, or a cache of another model.
     """
-    _check_model(model)
+    check_widenable(model)
     width = validate_width(width)
     if width < cache.width:
         raise ValueError(
