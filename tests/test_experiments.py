@@ -96,3 +96,20 @@ def test_convergence_sweeps_each_kept_checkpoint_once_and_tables_it_beside_the_p
     out = tmp_path / "results" / "convergence"
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "convergence.csv").read_text().splitlines()) == 1 + 5
+
+
+def test_cascade_curve_counts_each_image_at_the_width_it_stops_at():
+    import numpy as np
+
+    from experiments import cascade_fmnist
+
+    labels = np.array([0, 1, 0])
+    # Image 0 is sure at 0.25; image 1 at 0.5; image 2 only at 1.0 (and wrong before it).
+    stage_logits = {0.25: np.array([[5.0, 0.0], [0.0, 0.1], [0.0, 0.1]]),
+                    0.5: np.array([[5.0, 0.0], [0.0, 5.0], [0.0, 0.1]]),
+                    1.0: np.array([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])}
+    macs = {0.25: 1e6, 0.5: 2e6, 1.0: 6e6}
+    low, high = cascade_fmnist.cascade_curve(stage_logits, labels, macs, [0.0, 0.9])
+    assert low["accuracy"] == pytest.approx(200 / 3) and low["mean_mmacs"] == 1.0 and low["at_0.25"] == 1.0
+    assert high["accuracy"] == 100.0 and high["mean_mmacs"] == pytest.approx(3.0)
+    assert (high["at_0.25"], high["at_0.5"], high["at_1"]) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
