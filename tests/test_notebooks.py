@@ -65,3 +65,4 @@ def test_import_modules_notebook_trains_a_custom_model(tmp_path, monkeypatch):
     text = _output_text(nb)
     assert "widened == direct: True" in text
     assert "prefix invariant: True" in text
+    assert "NNX step at width 0.25: loss" in text and "NNX logits at 0.5: (2, 10)" in text
