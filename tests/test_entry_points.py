@@ -5,6 +5,7 @@ process does after the error (it must exit), tracebacks that escape the error wr
 files a refused command must leave untouched, and a rerun or a resume of a finished run.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -197,3 +198,57 @@ def test_a_stablehlo_export_runs_without_this_library_and_equals_the_any_width_m
     assert full["width"] == 1.0 and meta["macs_per_image"] < full["macs"] / 2  # the narrow width costs less
     with pytest.raises(Exception, match="StableHLO export"):
         export.load(str(out))
+
+
+def test_the_predictor_picks_the_widest_width_within_a_budget_and_equals_the_model(finished, tmp_path):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from awn_jax import data, evaluation, export
+    from awn_jax.predict import Predictor
+
+    workdir, _ = finished
+    run = evaluation.restore_run(str(workdir))
+    images = np.random.default_rng(1).integers(0, 256, (6, 28, 28, 1)).astype(np.uint8)
+
+    def direct(width):
+        return run.model.apply(run.variables, data.preprocess(jnp.asarray(images), run.info), width=width)
+
+    predictor = Predictor.from_workdir(str(workdir), widths=(1.0, 0.25), batch_sizes=(1, 4), repeats=1)
+    assert list(predictor.programs) == [0.25, 1.0] and predictor.macs[0.25] < predictor.macs[1.0]
+    narrow = predictor.predict(images, budget_macs=predictor.macs[1.0] - 1)
+    assert narrow.width == 0.25 and narrow.macs == predictor.macs[0.25]
+    np.testing.assert_allclose(narrow.logits, direct(0.25), rtol=1e-5, atol=1e-5)  # 6 images: chunks 4 + 2 (padded)
+    wide = predictor.predict(images, budget_ms=1e9)
+    assert wide.width == 1.0 and wide.ms == 2 * predictor.latency_ms[1.0][4]
+    np.testing.assert_allclose(wide.logits, direct(1.0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no width fits a budget of 1e-09 ms: the cheapest, width"):
+        predictor.predict(images, budget_ms=1e-9)
+    with pytest.raises(ValueError, match=r"expected uint8 images of shape \(N, 28, 28, 1\)"):
+        predictor.predict(images.astype(np.float32), budget_ms=1e9)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        predictor.predict(images)
+    # The same from a portable export, without the model code.
+    export.save_stablehlo(run.model, run.variables, run.info, 0.25, str(tmp_path / "w025"))
+    served = Predictor.from_exports([str(tmp_path / "w025")], batch_sizes=(4,), repeats=1)
+    assert served.class_names[0] == "T-shirt/top"
+    np.testing.assert_allclose(served.predict(images, budget_macs=1e12).logits, direct(0.25), rtol=1e-5, atol=1e-5)
+
+
+def test_the_predict_command_writes_one_csv_row_per_image(finished, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    workdir, _ = finished
+    (tmp_path / "photos").mkdir()
+    for i in range(3):  # RGB and another size: converted and resized
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / "photos" / f"im{i}.png")
+    out = tmp_path / "preds.csv"
+    args = ["awn_jax.predict", f"--workdir={workdir}", f"--inputs={tmp_path / 'photos'}", f"--out={out}",
+            "--repeats=1", "--widths=0.25,1.0"]
+    result = _run(*args, "--budget_macs=1e12")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(out)))
+    assert [r["input"] for r in rows] == ["im0.png", "im1.png", "im2.png"]
+    assert {r["width"] for r in rows} == {"1"} and all(r["class_name"] for r in rows)
+    _one_line_error(_run(*args), "exactly one budget")
