@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from io import BytesIO
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ __all__ = [
     "auc_reference_mean",
     "label",
     "plot",
+    "figure_png",
     "load_result",
     "compare",
     "choose_width",
@@ -79,9 +80,16 @@ def plot(results: Sequence[dict], two_panels: bool, labels: Sequence[str] | None
     axes[0][0].set(xlabel="width", ylabel="top-1 accuracy (%)", title="accuracy vs width")
     if two_panels:
         axes[0][1].set(xlabel="MMACs per image", ylabel="top-1 accuracy (%)", title="accuracy vs MACs")
-    for ax in axes[0]:
+    return figure_png(fig)
+
+
+def figure_png(fig: Any, legend_size: int = 8) -> bytes:
+    """A matplotlib figure as PNG bytes, every axis with a grid and a legend; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in fig.axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=legend_size)
     fig.tight_layout()
     buffer = BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -21,7 +21,7 @@ import csv
 import os
 import statistics
 import time
-from io import BytesIO, StringIO
+from io import StringIO
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ import numpy as np
 
 from awn_jax import costs, data, evaluation, io
 from awn_jax.cascade import Cascade, confidence
+from awn_jax.report import figure_png
 from experiments import runner
 
 STAGES = (0.25, 0.5, 1.0)
@@ -155,13 +156,7 @@ def _plot(fixed: list[dict], curve: list[dict], best: dict) -> bytes:
             label="cascade 0.25 -> 0.5 -> 1.0 (threshold swept)")
     ax.plot([best["mean_mmacs"]], [best["accuracy"]], "k*", markersize=10, label="best within width 0.5's MACs")
     ax.set(xlabel="average MMACs per image", ylabel="top-1 accuracy (%)", title="Anytime cascade, Fashion-MNIST test")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ import argparse
 import csv
 import json
 import os
-from io import BytesIO, StringIO
+from io import StringIO
 
 from awn_jax import checkpoints, data, io
+from awn_jax.report import figure_png
 from awn_jax.sweep import sweep
 from experiments import runner
 from experiments.table2_fmnist import PAPER_AUC
@@ -118,14 +119,7 @@ def plot(points: list[dict]) -> bytes:
                     label=f"{method} @0.25")
     auc_ax.set(xlabel="epoch", ylabel="AUC, 10-width mean (%)", title="AUC (dashed: the paper at 100 epochs)")
     top_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="top-1 at widths 1 and 0.25")
-    for ax in (auc_ax, top_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, legend_size=7)
 
 
 def report(workroot: str, epochs: int) -> str:
