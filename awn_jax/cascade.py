@@ -11,8 +11,9 @@ at the width it stopped at, and it costs that width's MACs::
     result = cascade(images, thresholds=(0.9, 0.8))
     result.logits, result.widths, result.macs   # per input
 
-Each stage is compiled once per padded subset size (powers of two), so a cascade
-over changing thresholds does not recompile for every subset it selects.
+The widening stages are compiled once per padded subset size (powers of two), so a
+cascade over changing thresholds does not recompile for every subset it selects; the
+first stage compiles once per batch size given.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def confidence(logits: Any, rule: str = "max_softmax") -> np.ndarray:
     """
     if rule not in RULES:
         raise ValueError(f"unknown confidence rule {rule!r}; choose one of {', '.join(RULES)}.")
-    p = np.asarray(jax.nn.softmax(np.asarray(logits, np.float64), axis=-1))
+    z = np.asarray(logits, np.float64)  # float64 on the host: float32 softmax saturates at 1
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    p = z / z.sum(axis=-1, keepdims=True)
     if rule == "max_softmax":
         return p.max(axis=-1)
     top2 = np.sort(p, axis=-1)[:, -2:]
@@ -102,9 +105,12 @@ class Cascade:
         Returns:
           A :class:`CascadeResult`.
         """
-        if len(thresholds) != len(self.widths) - 1:
-            raise ValueError(f"give {len(self.widths) - 1} thresholds (one per widening), got {len(thresholds)}.")
+        if len(thresholds) != len(self.widths) - 1 or not all(np.isfinite(t) for t in thresholds):
+            raise ValueError(f"give {len(self.widths) - 1} finite thresholds (one per widening), got {thresholds!r}.")
         images = np.asarray(images)
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(f"expected normalised floating-point images, got {images.dtype}; preprocess them"
+                             " first (awn_jax.data.preprocess).")
         n = len(images)
         logits, cache = self._run(self.variables, images)
         final = np.array(logits)

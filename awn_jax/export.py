@@ -131,15 +131,20 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+def _new_directory(directory: str) -> str:
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and os.listdir(directory):
+        raise ValueError(f"{directory} exists and is not empty; export to a new directory.")
+    return directory
+
+
 def save(model: nn.Module, variables: dict, directory: str) -> None:
     """Saves an exported model: ``model.json`` (its class and fields) and an orbax checkpoint.
 
     Raises:
       ValueError: ``directory`` exists and is not empty (nothing is overwritten).
     """
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and os.listdir(directory):
-        raise ValueError(f"{directory} exists and is not empty; export to a new directory.")
+    directory = _new_directory(directory)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(os.path.join(directory, "variables"), variables)
     io.atomic_write(os.path.join(directory, "model.json"),
@@ -172,13 +177,6 @@ def load(directory: str) -> tuple[nn.Module, dict]:
     return model, variables
 
 
-if __name__ == "__main__":  # the command lives in awn_jax.cli.export
-    from awn_jax.cli.common import exit_with
-    from awn_jax.cli.export import run
-
-    exit_with(run)
-
-
 def serialize(model: nn.Module, variables: dict, info: data.DatasetInfo) -> bytes:
     """An exported (plain) model as a portable program: serialized ``jax.export`` StableHLO.
 
@@ -200,7 +198,7 @@ def serialize(model: nn.Module, variables: dict, info: data.DatasetInfo) -> byte
         raise ValueError("serialize takes an exported fixed-width model: call export.export(...) first.")
 
     def forward(images: jax.Array) -> jax.Array:
-        return model.apply(variables, data.preprocess(images, info))
+        return model.apply(variables, data.preprocess(images, info)).astype(jnp.float32)
 
     (batch,) = jax.export.symbolic_shape("batch")
     images = jax.ShapeDtypeStruct((batch, *info.image_shape), jnp.uint8)
@@ -225,9 +223,8 @@ def save_stablehlo(any_width: nn.Module, any_width_variables: dict, info: data.D
     Raises:
       ValueError: ``directory`` exists and is not empty (nothing is overwritten).
     """
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and os.listdir(directory):
-        raise ValueError(f"{directory} exists and is not empty; export to a new directory.")
+    width = validate_width(width)
+    directory = _new_directory(directory)
     plain, variables = export(any_width, any_width_variables, info.image_shape, width)
     program = serialize(plain, variables, info)
     [cost] = costs.width_costs(any_width, any_width_variables, info.image_shape, [width])
@@ -244,7 +241,21 @@ def save_stablehlo(any_width: nn.Module, any_width_variables: dict, info: data.D
         "channels": channel_sizes(variables["params"]), "macs_per_image": cost.macs,
         "params": cost.params, "jax_version": jax.__version__,
     }
+    text = json.dumps(meta, indent=1)  # before writing anything
     os.makedirs(directory, exist_ok=True)
-    io.atomic_write(os.path.join(directory, "model.stablehlo"), program)
-    io.atomic_write(os.path.join(directory, "model.json"), json.dumps(meta, indent=1))
+    try:
+        io.atomic_write(os.path.join(directory, "model.stablehlo"), program)
+        io.atomic_write(os.path.join(directory, "model.json"), text)  # last: readers look for it
+    except BaseException:
+        for name in ("model.stablehlo", "model.json"):
+            if os.path.exists(os.path.join(directory, name)):
+                os.unlink(os.path.join(directory, name))
+        raise
     return meta
+
+
+if __name__ == "__main__":  # the command lives in awn_jax.cli.export
+    from awn_jax.cli.common import exit_with
+    from awn_jax.cli.export import run
+
+    exit_with(run)

@@ -44,7 +44,8 @@ class Prediction:
     Attributes:
       logits: ``(N, classes)`` at ``width``.
       width: the width used.
-      ms: its measured milliseconds for this batch (bucket latency, summed over chunks).
+      ms: the milliseconds this batch costs at ``width`` by the latency measured at load
+        (its bucket's, summed over chunks): what the budget was checked against.
       macs: multiply-accumulates per image at ``width``.
     """
 
@@ -70,10 +71,13 @@ class Predictor:
                  class_names: Sequence[str] = (), batch_sizes: Sequence[int] = (1, 32, 256), repeats: int = 5):
         if not programs:
             raise ValueError("a predictor needs at least one width.")
-        if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        if set(macs) != set(programs):
+            raise ValueError(f"macs are given for widths {sorted(macs)}, programs for {sorted(programs)}; give both"
+                             " for the same widths.")
+        if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
             raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}.")
-        if repeats < 1:
-            raise ValueError(f"repeats must be at least 1, got {repeats}.")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}.")
         self.programs, self.macs = dict(sorted(programs.items())), macs
         self.image_shape, self.class_names = tuple(image_shape), tuple(class_names)
         self.batch_sizes = tuple(sorted(set(batch_sizes)))
@@ -109,27 +113,33 @@ class Predictor:
         Raises:
           ValueError: a directory without a StableHLO export, exports of different inputs, or two of one width.
         """
-        programs, macs, shapes, names = {}, {}, set(), ()
+        if not directories:
+            raise ValueError("from_exports needs at least one export directory.")
+        programs, macs, served = {}, {}, set()
         for directory in directories:
             try:
                 with open(os.path.join(directory, "model.json")) as f:
                     meta = json.load(f)
                 if meta.get("format") != "stablehlo":
                     raise ValueError("it is not a --format=stablehlo export")
+                width = validate_width(float(meta["width"]), "width")
+                # What must agree between the exports of one model.
+                served.add(json.dumps([meta["input"], meta["normalisation"], meta["class_names"], meta["dataset"],
+                                       meta["model"], meta["variant"]], sort_keys=True))
+                cost = int(meta["macs_per_image"])
                 with open(os.path.join(directory, meta["file"]), "rb") as f:
                     exported = jax.export.deserialize(bytearray(f.read()))
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{directory} holds no StableHLO export ({e}); write one with python -m"
                                  " awn_jax.export --format=stablehlo.") from None
-            width = float(meta["width"])
             if width in programs:
                 raise ValueError(f"two exports of width {width:g} ({directory}); give one per width.")
-            programs[width], macs[width] = exported.call, int(meta["macs_per_image"])
-            shapes.add(tuple(meta["input"]["shape"][1:]))
-            names = tuple(meta.get("class_names", ())) or names
-        if len(shapes) != 1:
-            raise ValueError(f"the exports take different inputs {sorted(shapes)}; serve one model's exports.")
-        return cls(programs, macs, shapes.pop(), names, **kwargs)
+            programs[width], macs[width] = exported.call, cost
+        if len(served) != 1:
+            raise ValueError("the exports are of different models, data or inputs; serve the exports of one model.")
+        image_shape = tuple(meta["input"]["shape"][1:])
+        names = tuple(meta["class_names"])
+        return cls(programs, macs, image_shape, names, **kwargs)
 
     def cost_ms(self, width: float, n: int) -> float:
         """Measured milliseconds for ``n`` images at ``width`` (bucket latency, chunks summed)."""
@@ -141,7 +151,16 @@ class Predictor:
         return ms
 
     def choose(self, n: int, *, budget_ms: float | None = None, budget_macs: float | None = None) -> float:
-        """The widest width within the budget for ``n`` images (exactly one budget)."""
+        """The widest width within the budget for a call on ``n`` images.
+
+        Args:
+          n: images in the call.
+          budget_ms: milliseconds for the whole call (by the latency measured at load).
+          budget_macs: multiply-accumulates per image. Exactly one budget.
+
+        Raises:
+          ValueError: no budget or both, or one that no width fits.
+        """
         if (budget_ms is None) == (budget_macs is None):
             raise ValueError("give exactly one budget: budget_ms or budget_macs.")
         if budget_ms is not None:
@@ -149,16 +168,16 @@ class Predictor:
         return costs.width_for_budget({w: float(m) for w, m in self.macs.items()}, budget_macs, " MACs")
 
     def predict(self, images: Any, *, budget_ms: float | None = None, budget_macs: float | None = None) -> Prediction:
-        """Logits of ``images`` (uint8 NHWC) at the widest width within the budget.
+        """Logits of ``images`` (uint8 NHWC) at the widest width within the budget (see :meth:`choose`).
 
         Raises:
           ValueError: images of another shape or dtype, no budget or both, or a budget no width fits
             (the message names the cheapest width's cost).
         """
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape or images.ndim != 4:
-            raise ValueError(f"expected uint8 images of shape (N, {', '.join(map(str, self.image_shape))}),"
-                             f" got {images.dtype} {images.shape}.")
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape or images.ndim != 4 or not len(images):
+            raise ValueError(f"expected uint8 images of shape (N, {', '.join(map(str, self.image_shape))}) with"
+                             f" N >= 1, got {images.dtype} {images.shape}.")
         width = self.choose(len(images), budget_ms=budget_ms, budget_macs=budget_macs)
         largest = self.batch_sizes[-1]
         logits = []

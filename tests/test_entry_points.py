@@ -174,7 +174,7 @@ def test_a_stablehlo_export_runs_without_this_library_and_equals_the_any_width_m
     import jax.numpy as jnp
     import numpy as np
 
-    from awn_jax import data, evaluation, export
+    from awn_jax import checkpoints, data, evaluation, export
 
     workdir, _ = finished
     out = tmp_path / "exported"
@@ -196,7 +196,7 @@ def test_a_stablehlo_export_runs_without_this_library_and_equals_the_any_width_m
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-5, atol=1e-5)
     full = json.loads((workdir / "eval" / "sweep.json").read_text())["rows"][-1]
     assert full["width"] == 1.0 and meta["macs_per_image"] < full["macs"] / 2  # the narrow width costs less
-    with pytest.raises(Exception, match="StableHLO export"):
+    with pytest.raises(checkpoints.CheckpointError, match="StableHLO export"):
         export.load(str(out))
 
 
@@ -233,6 +233,23 @@ def test_the_predictor_picks_the_widest_width_within_a_budget_and_equals_the_mod
     served = Predictor.from_exports([str(tmp_path / "w025")], batch_sizes=(4,), repeats=1)
     assert served.class_names[0] == "T-shirt/top"
     np.testing.assert_allclose(served.predict(images, budget_macs=1e12).logits, direct(0.25), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one export"):
+        Predictor.from_exports([])
+    with pytest.raises(ValueError, match=f"{tmp_path} holds no StableHLO export"):
+        Predictor.from_exports([str(tmp_path)])
+    with pytest.raises(ValueError, match="two exports of width 0.25"):
+        Predictor.from_exports([str(tmp_path / "w025")] * 2, repeats=1)
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "w025", other)
+    meta = json.loads((other / "model.json").read_text())
+    meta.update(width=0.5, dataset="mnist")
+    (other / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="exports are of different models, data or inputs"):
+        Predictor.from_exports([str(tmp_path / "w025"), str(other)], repeats=1)
+    with pytest.raises(ValueError, match="N >= 1"):
+        served.predict(images[:0], budget_ms=1e9)
+    with pytest.raises(ValueError, match="batch_sizes must be positive integers"):
+        Predictor({1.0: served.programs[0.25]}, {1.0: 1}, (28, 28, 1), batch_sizes=(True,))
 
 
 def test_the_predict_command_writes_one_csv_row_per_image(finished, tmp_path):
@@ -248,7 +265,11 @@ def test_the_predict_command_writes_one_csv_row_per_image(finished, tmp_path):
             "--repeats=1", "--widths=0.25,1.0"]
     result = _run(*args, "--budget_macs=1e12")
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = list(csv.DictReader(open(out)))
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
     assert [r["input"] for r in rows] == ["im0.png", "im1.png", "im2.png"]
     assert {r["width"] for r in rows} == {"1"} and all(r["class_name"] for r in rows)
     _one_line_error(_run(*args), "exactly one budget")
+    _one_line_error(_run(*args, "--budget_ms=-1"), "--budget_ms=-1 is not a positive number")
+    _one_line_error(_run(*args[:3], "--exported=x", f"--out={out}", "--budget_ms=5"), "give --workdir or --exported")
+    assert not (tmp_path / "x").exists()

@@ -11,6 +11,7 @@ flag registry), so several commands can run in one process, as the tests do.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -23,7 +24,8 @@ from absl import flags, logging
 from awn_jax import checkpoints, config as config_lib, data, io, multihost, runtime
 from awn_jax.compilation import enable_compilation_cache
 
-__all__ = ["USER_ERRORS", "UsageError", "new_flags", "define_launch_flags", "join_run", "run", "exit_with"]
+__all__ = ["USER_ERRORS", "UsageError", "new_flags", "define_launch_flags", "join_run", "check_budgets", "run",
+           "exit_with"]
 
 # This project's own errors: their messages are the user's to read, never a lost process.
 _OWN_ERRORS = (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError, io.WorkdirBusyError,
@@ -87,6 +89,21 @@ def join_run(fv: flags.FlagValues) -> None:
     """
     multihost.initialize(multihost.Launch(fv.coordinator_address, fv.num_processes, fv.process_id,
                                           auto=fv.distributed, timeout_s=fv.distributed_timeout))
+
+
+def check_budgets(fv: flags.FlagValues, required: bool = False) -> None:
+    """Refuses, before any work, a ``--budget_macs``/``--budget_ms`` that is not positive, or both.
+
+    Raises:
+      UsageError: a bad budget, both budgets, or (``required``) none.
+    """
+    for name, unit in (("budget_macs", "per image (MACs)"), ("budget_ms", "per batch (milliseconds)")):
+        value = getattr(fv, name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise UsageError(f"--{name}={value:g} is not a positive number; give the budget {unit}.")
+    given = (fv.budget_macs is not None) + (fv.budget_ms is not None)
+    if given > 1 or (required and not given):
+        raise UsageError("give exactly one budget: --budget_macs or --budget_ms.")
 
 
 def _config_file(argv: Sequence[str]) -> str | None:

@@ -15,7 +15,6 @@ flags of training (--coordinator_address, --num_processes, --process_id, or
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Sequence
 
@@ -57,13 +56,7 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
     compared = [p for p in fv.compare or () if p.strip()]
     if fv.compare is not None and not compared:
         raise common.UsageError("--compare lists no sweeps; give comma-separated workdirs or sweep.json files.")
-    for name in ("budget_macs", "budget_ms"):  # checked before a sweep is run for it
-        value = getattr(fv, name)
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            raise common.UsageError(f"--{name}={value:g} is not a positive number; give the budget per image"
-                                    f"{' (MACs)' if name == 'budget_macs' else ' batch (milliseconds)'}.")
-    if fv.budget_macs is not None and fv.budget_ms is not None:
-        raise common.UsageError("give exactly one budget: --budget_macs or --budget_ms.")
+    common.check_budgets(fv)  # before a sweep is run for it
     common.join_run(fv)
     primary = multihost.is_primary()
     say = print if primary else lambda *_: None

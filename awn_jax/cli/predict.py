@@ -9,7 +9,8 @@ images (N, H, W, C), or (N, H, W) for one channel. The widths (--widths, a few
 buckets; from --workdir) or the exports (--exported, one per width) are compiled and
 timed per batch-size bucket (--batch_sizes) at start; each batch of --batch_size
 images then runs at the widest width within the budget. The CSV has one row per
-image: input, predicted class (and name), confidence, width, measured batch ms, MACs.
+image: input, predicted class (and name), confidence (its softmax probability),
+width, the batch's cost in ms by the latency measured at start, MACs per image.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import numpy as np
 from absl import flags
 
 from awn_jax import io
+from awn_jax.cascade import confidence
 from awn_jax.cli import common
 from awn_jax.predict import Predictor
+from awn_jax.widths import validate_width
 
 PROG = "python -m awn_jax.predict"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -92,21 +95,25 @@ def read_inputs(path: str, image_shape: Sequence[int]) -> tuple[list[str], np.nd
 
 def main(fv: flags.FlagValues, args: list[str]) -> int:
     """Loads, times the widths, predicts batch by batch and writes the CSV."""
-    if (fv.workdir is None) == (fv.exported is None):
-        raise common.UsageError("give --workdir or --exported (one of them).")
-    if (fv.budget_ms is None) == (fv.budget_macs is None):
-        raise common.UsageError("give exactly one budget: --budget_ms or --budget_macs.")
-    if fv.batch_size < 1:
-        raise common.UsageError(f"--batch_size={fv.batch_size} is not a positive integer.")
-    io.check_output_file(fv.out, "--out")
+    # Every flag is checked before anything is restored, compiled or timed.
+    exported = [d for d in fv.exported or () if d.strip()]
+    if (not fv.workdir) == (not exported):
+        raise common.UsageError("give --workdir or --exported (one of them, not empty).")
+    if exported and (fv["widths"].present or fv["step"].present):
+        raise common.UsageError("--widths and --step are for --workdir; with --exported each export is one width.")
+    common.check_budgets(fv, required=True)
     try:
         buckets = [int(b) for b in fv.batch_sizes]
-        widths = [float(w) for w in fv.widths]
+        widths = [validate_width(float(w), "--widths") for w in fv.widths]
     except ValueError as e:
-        raise common.UsageError(f"--batch_sizes and --widths take numbers ({e}).") from None
+        raise common.UsageError(f"--batch_sizes takes integers and --widths widths in (0, 1] ({e}).") from None
+    for name, values in (("--batch_size", [fv.batch_size]), ("--batch_sizes", buckets), ("--repeats", [fv.repeats])):
+        if not values or min(values) < 1:
+            raise common.UsageError(f"{name} takes positive integers, got {values}.")
+    io.check_output_file(fv.out, "--out")
     options = dict(batch_sizes=buckets, repeats=fv.repeats)
     predictor = (Predictor.from_workdir(fv.workdir, widths, fv.step, **options) if fv.workdir
-                 else Predictor.from_exports(fv.exported, **options))
+                 else Predictor.from_exports(exported, **options))
     names, images = read_inputs(fv.inputs, predictor.image_shape)
     text = StringIO()
     writer = csv.writer(text)
@@ -114,12 +121,9 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
     for start in range(0, len(images), fv.batch_size):
         result = predictor.predict(images[start:start + fv.batch_size], budget_ms=fv.budget_ms,
                                    budget_macs=fv.budget_macs)
-        z = result.logits - result.logits.max(axis=-1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
-        for i, p in enumerate(probs):
-            k = int(p.argmax())
+        for i, (k, p) in enumerate(zip(result.logits.argmax(axis=-1), confidence(result.logits))):
             name = predictor.class_names[k] if k < len(predictor.class_names) else ""
-            writer.writerow([names[start + i], k, name, f"{p[k]:.6f}", f"{result.width:g}", f"{result.ms:.3f}",
+            writer.writerow([names[start + i], int(k), name, f"{p:.6f}", f"{result.width:g}", f"{result.ms:.3f}",
                              result.macs])
     io.atomic_write(fv.out, text.getvalue())
     timing = ", ".join(f"{w:g}: {predictor.latency_ms[w][predictor.batch_sizes[-1]]:.2f} ms"
