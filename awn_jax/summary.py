@@ -1,6 +1,6 @@
 """Tables of what each model variant stores and runs (printed by ``python -m awn_jax.summary``).
 
-Prints, for LeNet-3C1L (Fashion-MNIST shape) and MobileNetV2 (CIFAR shape):
+Prints, for LeNet-3C1L (Fashion-MNIST shape), MobileNetV2 and ResNet-20 (CIFAR shape):
 parameters, BatchNorm statistics and bytes stored per variant (and how they
 grow with S-Net's / US-Net's listed widths), and active parameters and MACs per
 width.
@@ -20,7 +20,7 @@ from awn_jax.widths import calibration_widths
 
 __all__ = ["VariantRow", "variant_rows", "default_variants", "format_rows", "INPUT_SHAPES"]
 
-INPUT_SHAPES = {"lenet3c1l": (28, 28, 1), "mobilenet_v2": (32, 32, 3)}
+INPUT_SHAPES = {"lenet3c1l": (28, 28, 1), "mobilenet_v2": (32, 32, 3), "resnet20": (32, 32, 3)}
 SHOWN_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
 

@@ -359,3 +359,18 @@ def test_every_model_passes_its_init_to_every_conv_and_dense_layer():
     bound = 1 / 3 * (1 + 1e-6)
     for leaf in (params["kernel"], params["bias"]):
         assert 0.9 * bound < np.abs(np.asarray(leaf)).max() <= bound
+
+
+def test_the_summary_tables_resnet20_with_its_variants():
+    from awn_jax import summary
+
+    rows = {r.variant: r for r in summary.variant_rows("resnet20", [("awn", None), ("standard", None),
+                                                                   ("snet", (0.25, 0.5, 0.75, 1.0))])}
+    assert rows["awn"].channels == 23 and rows["standard"].channels == 16  # round(16 * sqrt(2))
+    # AWN's active parameters at full width match the baseline's (the sqrt(2) widening), within 3%.
+    assert abs(rows["awn"].active[0].params / rows["standard"].active[0].params - 1) < 0.03
+    assert rows["snet"].bn_stats == 2.5 * rows["standard"].bn_stats  # 4 listed widths: 0.25+0.5+0.75+1 x the stats
+    assert [c.width for c in rows["awn"].active] == [1.0, 0.75, 0.5, 0.25]
+    assert all(a.macs > b.macs for a, b in zip(rows["awn"].active, rows["awn"].active[1:]))
+    table = summary.format_rows(list(rows.values()))
+    assert table.splitlines()[0].startswith("| model | variant | BN widths") and "| resnet20 | snet | 4 |" in table

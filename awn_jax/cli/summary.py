@@ -1,7 +1,7 @@
 """Tables of what each model variant stores and runs: ``python -m awn_jax.summary``.
 
 Prints the width -> channels rule at the reference code's ten test widths, then, for
-LeNet-3C1L (Fashion-MNIST shape) and MobileNetV2 (CIFAR shape): parameters,
+LeNet-3C1L (Fashion-MNIST shape), MobileNetV2 and ResNet-20 (CIFAR shape): parameters,
 BatchNorm statistics and bytes stored per variant (and how they grow with S-Net's /
 US-Net's listed widths), and active parameters and MACs per width.
 """
@@ -20,7 +20,7 @@ PROG = "python -m awn_jax.summary"
 
 
 def main(fv: flags.FlagValues, args: list[str]) -> int:
-    """Prints the width -> channels table and the variant tables of both models."""
+    """Prints the width -> channels table and the variant table of each model."""
     print("Width -> active channels of a 45-channel (AWN) and a 32-channel layer:")
     print("| width | " + " | ".join(f"{w:.3f}" for w in REFERENCE_WIDTHS) + " |")
     for c in (45, 32):
