@@ -273,3 +273,15 @@ def test_the_predict_command_writes_one_csv_row_per_image(finished, tmp_path):
     _one_line_error(_run(*args, "--budget_ms=-1"), "--budget_ms=-1 is not a positive number")
     _one_line_error(_run(*args[:3], "--exported=x", f"--out={out}", "--budget_ms=5"), "give --workdir or --exported")
     assert not (tmp_path / "x").exists()
+    # Served from a portable export, over an .npy array of one-channel images.
+    from awn_jax import evaluation, export
+
+    run = evaluation.restore_run(str(workdir))
+    export.save_stablehlo(run.model, run.variables, run.info, 0.5, str(tmp_path / "w050"))
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).integers(0, 256, (5, 28, 28)).astype(np.uint8))
+    result = _run("awn_jax.predict", f"--exported={tmp_path / 'w050'}", f"--inputs={tmp_path / 'x.npy'}",
+                  f"--out={out}", "--repeats=1", "--budget_macs=1e12", "--batch_size=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["input"] for r in rows] == [f"x.npy[{i}]" for i in range(5)] and {r["width"] for r in rows} == {"0.5"}
