@@ -132,7 +132,7 @@ def report(workroot: str, epochs: int) -> str:
     text = StringIO()
     writer = csv.DictWriter(text, fieldnames=POINT_FIELDS)
     writer.writeheader()
-    writer.writerows(points)
+    writer.writerows({k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()} for p in points)
     io.atomic_write(os.path.join(out, "convergence.csv"), text.getvalue())
     io.atomic_write(os.path.join(out, "convergence.png"), plot(points))
     return md
