@@ -97,7 +97,7 @@ def _left_by_dead_process(entry: str, kind: str) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
-        return False
+        pass
     return False
 
 
@@ -118,9 +118,10 @@ def remove_stale_temporaries(directory: str, only: str | None = None) -> None:
             os.unlink(path)
             continue
         for kind in (".new-", ".old-"):
+            if not (entry.startswith(".") and kind in entry):
+                continue
             name = entry[1:].split(kind)[0]
-            if (entry.startswith(".") and kind in entry and (only is None or name == only)
-                    and _left_by_dead_process(entry, kind)):
+            if (only is None or name == only) and _left_by_dead_process(entry, kind):
                 target = os.path.join(directory, name)
                 if kind == ".old-" and not os.path.exists(target):
                     os.rename(path, target)

@@ -22,14 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import statistics
-import time
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
 from awn_jax import costs, data, evaluation
+from awn_jax.timing import median_seconds
 from awn_jax.widths import validate_width
 
 __all__ = ["Prediction", "Predictor"]
@@ -86,13 +85,7 @@ class Predictor:
 
     def _time(self, program: Program, batch: int, repeats: int) -> float:
         x = np.zeros((batch, *self.image_shape), np.uint8)
-        jax.block_until_ready(program(x))  # compiles
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(program(x))
-            times.append(time.perf_counter() - start)
-        return 1000 * statistics.median(times)
+        return 1000 * median_seconds(lambda: program(x), repeats)  # the warm-up call compiles
 
     @classmethod
     def from_workdir(cls, workdir: str, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), step: int | None = None,

@@ -22,10 +22,10 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from awn_jax import calibration, compilation, costs, data, evaluation, io, multihost, report, sharding, steps
 from awn_jax.models import channel_sizes
+from awn_jax.timing import median_seconds
 from awn_jax.widths import calibration_widths, is_reference_width, num_channels, smallest_trained_width, sweep_widths
 
 __all__ = ["sweep", "calibrated_variables", "throughput", "write_outputs"]
@@ -43,13 +43,7 @@ def throughput(model: Any, variables: dict, info: data.DatasetInfo, widths: Sequ
     out = {}
     for w in widths:
         forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
-        forward(variables, x).block_until_ready()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            forward(variables, x).block_until_ready()
-            times.append(time.perf_counter() - start)
-        out[w] = batch_size / float(np.median(times))
+        out[w] = batch_size / median_seconds(lambda: forward(variables, x), repeats)
     return out
 
 
@@ -170,10 +164,7 @@ def write_outputs(directory: str, result: dict) -> None:
 
     def write(path: str) -> None:
         for name, content in files.items():
-            with open(os.path.join(path, name), "wb" if isinstance(content, bytes) else "w") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
+            io.atomic_write(os.path.join(path, name), content)
 
     parent, name = os.path.split(os.path.abspath(directory))
     io.remove_stale_temporaries(parent, only=name)

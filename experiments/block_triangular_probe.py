@@ -13,12 +13,12 @@ after checking that both compute the same values.
 from __future__ import annotations
 
 import statistics
-import time
 
 import jax
 import numpy as np
 
 from awn_jax import masks
+from awn_jax.timing import median_seconds
 
 B, H, C, K = 128, 26, 45, 3
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -50,15 +50,6 @@ def _compiled(f, x, w, backward: bool):
     return g
 
 
-def _median_ms(g, x, w, calls: int = 10) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        jax.block_until_ready(g(w, x))
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def main() -> None:
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.normal(size=(B, H, H, C)), jax.numpy.float32)
@@ -74,8 +65,8 @@ def main() -> None:
             a, b = _compiled(reference, x, w, backward), _compiled(blocks, x, w, backward)
             times = {"masked": [], "blocks": []}
             for _ in range(3):
-                times["masked"].append(_median_ms(a, x, w))
-                times["blocks"].append(_median_ms(b, x, w))
+                times["masked"].append(1000 * median_seconds(lambda: a(w, x), 10, warmup=False))
+                times["blocks"].append(1000 * median_seconds(lambda: b(w, x), 10, warmup=False))
             ta, tb = statistics.median(times["masked"]), statistics.median(times["blocks"])
             line.append(f"{'forward+backward' if backward else 'forward'} masked {ta:.1f} ms, blocks {tb:.1f} ms"
                         f" ({tb / ta:.2f}x)")

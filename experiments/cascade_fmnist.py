@@ -20,7 +20,6 @@ import argparse
 import csv
 import os
 import statistics
-import time
 from io import StringIO
 
 import jax
@@ -30,6 +29,7 @@ import numpy as np
 from awn_jax import costs, data, evaluation, io
 from awn_jax.cascade import Cascade, confidence
 from awn_jax.report import figure_png
+from awn_jax.timing import median_seconds
 from experiments import runner
 
 STAGES = (0.25, 0.5, 1.0)
@@ -53,15 +53,6 @@ def cascade_curve(stage_logits: dict, labels: np.ndarray, stage_macs: dict, thre
         points.append({"threshold": float(t), "accuracy": 100 * final.mean(), "mean_mmacs": macs.mean() / 1e6,
                        **{f"at_{w:g}": float((stop == i).mean()) for i, w in enumerate(STAGES)}})
     return points
-
-
-def _median_seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -112,9 +103,9 @@ def main() -> None:
         fn()  # compile
     seconds = {"width 0.5": [], "width 1.0": [], "cascade": []}
     for _ in range(3):
-        seconds["width 0.5"].append(_median_seconds(lambda: direct(0.5), 1))
-        seconds["width 1.0"].append(_median_seconds(lambda: direct(1.0), 1))
-        seconds["cascade"].append(_median_seconds(cascaded, 1))
+        seconds["width 0.5"].append(median_seconds(lambda: direct(0.5), 1, warmup=False))
+        seconds["width 1.0"].append(median_seconds(lambda: direct(1.0), 1, warmup=False))
+        seconds["cascade"].append(median_seconds(cascaded, 1, warmup=False))
     wall = {k: statistics.median(v) for k, v in seconds.items()}
 
     out = runner.results_dir("cascade")

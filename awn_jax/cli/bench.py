@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import resource
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,20 +31,10 @@ from awn_jax import anytime, costs, data, optim, runtime, sharding, steps, train
 from awn_jax.cli import common
 from awn_jax.config import base_config
 from awn_jax.models import from_config
+from awn_jax.timing import median_seconds
 from awn_jax.widths import channel_config, distinct_widths, representatives, step_widths, width_grid
 
 PROG = "python -m awn_jax.bench"
-
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +129,7 @@ def train_step_rate(model_name: str, variant: str, mode: str, one_pass: bool, st
         state, _, _ = train_step(state, batch, next(counter))
         return state
 
-    return 128 / _median_seconds(one_step, steps_timed)
+    return 128 / median_seconds(one_step, steps_timed)
 
 
 def _step_flops(config) -> float:
@@ -159,7 +149,7 @@ def _step_flops(config) -> float:
 def matmul_flops_per_second(n: int = 2048, repeats: int = 10) -> float:
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
-    return 2 * n**3 / _median_seconds(lambda: f(a), repeats)
+    return 2 * n**3 / median_seconds(lambda: f(a), repeats)
 
 
 def anytime_table(model_name: str, batch: int, repeats: int) -> None:
@@ -175,8 +165,8 @@ def anytime_table(model_name: str, batch: int, repeats: int) -> None:
         direct = jax.jit(lambda v, x, w2=w2: model.apply(v, x, width=w2))
         _, cache = jax.jit(lambda v, x, w1=w1: anytime.run(model, v, x, w1))(variables, x)
         widen = jax.jit(lambda v, x, c, w2=w2: anytime.widen(model, v, x, c, w2)[0])
-        t_direct = _median_seconds(lambda: direct(variables, x), repeats)
-        t_widen = _median_seconds(lambda: widen(variables, x, cache), repeats)
+        t_direct = median_seconds(lambda: direct(variables, x), repeats)
+        t_widen = median_seconds(lambda: widen(variables, x, cache), repeats)
         macs = anytime.widening_macs(model, variables, info.image_shape, w1, w2)
         full = costs.width_cost(model, variables, info.image_shape, w2).macs
         print(f"| {w1:g} -> {w2:g} | {1e3 * t_direct:.2f} | {1e3 * t_widen:.2f} | {t_widen / t_direct:.2f} |"
@@ -199,7 +189,7 @@ def inference_table(model_name: str, repeats: int) -> None:
         start = time.perf_counter()
         forward.lower(variables, x).compile()
         compile_seconds = time.perf_counter() - start
-        rate = bench.batch / _median_seconds(lambda: forward(variables, x), repeats)
+        rate = bench.batch / median_seconds(lambda: forward(variables, x), repeats)
         rows.append((w, rate, costs.width_cost(model, variables, info.image_shape, w).macs, compile_seconds))
     for w, rate, macs, compile_seconds in rows:
         print(f"| {w:g} | {rate:,.0f} | {rate / rows[0][1]:.2f}x | {macs / rows[0][2]:.3f} | {compile_seconds:.2f} |")
