@@ -17,6 +17,7 @@ setup(
         "orbax-checkpoint>=0.11",
         "tensorflow-datasets>=4.9.7",
         "array_record>=0.5",
+        "grain>=0.2.12",  # the input pipeline (awn_jax.input_pipeline)
         "importlib_resources",
         "ml-collections>=1.0",
         "chex>=0.1.89",

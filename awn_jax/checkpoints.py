@@ -16,7 +16,8 @@ __all__ = ["CheckpointError", "Checkpointer", "saved_steps", "latest_saved_step"
 # Fields a resumed run may change without invalidating its checkpoints.
 RESUMABLE_FIELDS = frozenset(
     {"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
-     "eval_batch_size", "data_dir", "data.raw", "data.download",
+     "eval_batch_size", "data_dir", "data.raw", "data.download", "data.in_memory", "data.workers",
+     "data.threads", "data.prefetch",
      "sweep.after_training", "sweep.grid_step", "sweep.throughput_repeats",
      "sweep.calibration_batches", "sweep.calibrations"}
 )

@@ -15,8 +15,8 @@ from awn_jax.layers import INITS
 from awn_jax.models import MODELS, VARIANTS
 from awn_jax.widths import SNET_WIDTHS
 
-__all__ = ["base_config", "lenet_config", "mobilenet_config", "resnet_config", "validate", "apply_smoke",
-           "ConfigError"]
+__all__ = ["base_config", "lenet_config", "mobilenet_config", "resnet_config", "imagenet_config", "validate",
+           "apply_smoke", "ConfigError"]
 
 WIDTH_MODES = ("fixed", "sandwich")
 MIN_GRID_STEP = 0.001
@@ -45,6 +45,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.download = False  # allow the standard TFDS download (network + TensorFlow)
     c.data.train_examples = 0  # 0 = all; else the first N (smoke runs)
     c.data.test_examples = 0
+    # True: each split read whole into memory once (Fashion-MNIST, CIFAR: the fastest step here);
+    # False: records streamed from the array_record files (any size; ImageNet). Same batches.
+    c.data.in_memory = True
+    c.data.workers = 0  # Grain worker processes reading and decoding batches (0: threads in this process)
+    c.data.threads = 2  # reading threads (per worker, or in the training process)
+    c.data.prefetch = 4  # batches read ahead
+    c.data.image_size = 0  # JPEG datasets: the square crop's side (0: the dataset's, 224 for ImageNet)
+    c.data.crop_min_scale = 0.08  # JPEG datasets: random-resized crops cover at least this part of the image
 
     c.model_args = ml_collections.ConfigDict()
     c.model_args.width_multiplier = ml_collections.FieldReference(None, field_type=float)
@@ -164,6 +172,55 @@ def resnet_config(model: str, dataset: str, arg: str = "") -> ml_collections.Con
     return _apply_cpu_smoke(c) if arg == "smoke" else c
 
 
+def imagenet_config(model: str, arg: str = "") -> ml_collections.ConfigDict:
+    """``mobilenet_v2_imagenet`` or ``resnet50`` on ImageNet, streamed, with the slimmable papers' recipes.
+
+    MobileNetV2 follows US-Net's (``us_mobilenet_v2_train_val.yml``): batch 1024 over all
+    devices, SGD with Nesterov momentum 0.9, lr 0.5 decaying linearly to 0 per step over
+    250 epochs, weight decay 1e-4 on conv and dense kernels only, no label smoothing, the
+    sandwich rule with 4 widths in [0.35, 1] and in-place distillation, random-resized
+    crops of at least 25% of the image (its "mobile" transforms; their colour jitter and
+    PCA lighting are not reproduced). ResNet-50 follows S-Net's (``s_resnet50_train_val.yml``):
+    batch 256, lr 0.1 x0.1 at epochs 30, 60 and 90 of 100, Nesterov, weight decay 1e-4, crops of
+    at least 8%, the four widths 1/0.75/0.5/0.25. AWN is widened by sqrt(2) (the default).
+    ``arg='smoke'``: 64-pixel crops of 256 images, a few steps, for generated data
+    (``python -m awn_jax.data synthetic imagenet2012``).
+    """
+    _check_arg(arg)
+    c = base_config()
+    c.model, c.dataset = model, "imagenet2012"
+    c.data.in_memory = False
+    c.data.workers, c.data.threads, c.data.prefetch = 8, 2, 4
+    c.optim.nesterov = True
+    c.optim.decay_1d_and_depthwise = False
+    c.weight_decay = 1e-4
+    c.eval_batch_size = 500
+    c.checkpoint_every_steps = 5000
+    c.keep_checkpoints = 5
+    c.log_every_steps = 100
+    c.sweep.grid_step = 0.01
+    if model == "resnet50":
+        c.num_epochs, c.batch_size, c.learning_rate = 100, 256, 0.1
+        c.optim.milestones = (0.3, 0.6, 0.9)
+    else:
+        c.num_epochs, c.batch_size, c.learning_rate = 250, 1024, 0.5
+        c.optim.schedule = "linear"
+        c.data.crop_min_scale = 0.25
+        c.widths.mode = "sandwich"
+        c.widths.distill = True
+        c.widths.fixed = (1.0, 0.75, 0.5, 0.35)
+        c.widths.w_min = 0.35
+        c.widths.grid_step = 0.01
+        c.eval_widths = (1.0, 0.75, 0.5, 0.35)
+    if arg == "smoke":
+        c.learning_rate *= 32 / c.batch_size  # the linear scaling rule, for the smaller batch
+        c.num_epochs, c.batch_size, c.eval_batch_size = 1, 32, 32
+        c.data.train_examples, c.data.test_examples, c.data.image_size = 256, 64, 64
+        c.data.workers = 0
+        c.log_every_steps, c.checkpoint_every_steps = 2, 4
+    return c
+
+
 def _apply_cpu_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """:func:`apply_smoke` cut further for models that train slowly on a CPU: one epoch of 256 images."""
     apply_smoke(c)
@@ -213,10 +270,26 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("optim.schedule", f"unknown schedule {c.optim.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
     if any(not 0 < m < 1 for m in c.optim.milestones) or list(c.optim.milestones) != sorted(c.optim.milestones):
         _fail("optim.milestones", f"{c.optim.milestones!r}", "use increasing fractions of training in (0, 1)")
-    for field in ("data.train_examples", "data.test_examples", "sweep.throughput_repeats"):
+    for field in ("data.train_examples", "data.test_examples", "data.workers", "data.image_size",
+                  "sweep.throughput_repeats"):
         value = _field(c, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             _fail(field, f"{value!r} is not an integer >= 0", "use 0 (all / none) or a positive integer")
+    for field in ("data.threads", "data.prefetch"):
+        value = _field(c, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            _fail(field, f"{value!r} is not a positive integer", "use an integer >= 1")
+    if not isinstance(c.data.in_memory, bool):
+        _fail("data.in_memory", f"{c.data.in_memory!r} is not a boolean", "use True or False")
+    info = DATASETS[c.dataset]
+    if info.encoded and c.data.in_memory:
+        _fail("data.in_memory", f"{c.dataset} stores JPEGs, which are only streamed", "set it to False")
+    if c.data.image_size and not info.encoded:
+        _fail("data.image_size", f"{c.dataset} has fixed {info.image_shape[0]}-pixel images", "set it to 0")
+    if not (isinstance(c.data.crop_min_scale, (int, float)) and 0 < c.data.crop_min_scale <= 1):
+        _fail("data.crop_min_scale", f"{c.data.crop_min_scale!r} is not a fraction of the image", "use (0, 1]")
+    if c.data.image_size and c.data.image_size < 32:
+        _fail("data.image_size", f"{c.data.image_size} pixels is too small a crop", "use 0 (224) or >= 32")
     if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in c.sweep.calibrations):
         _fail("sweep.calibrations", f"{c.sweep.calibrations!r}", "list positive numbers of widths, e.g. (4, 10, 20)")
     # A grid finer than 0.001 would sweep hundreds of thousands of widths (one program each).

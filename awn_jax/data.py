@@ -1,17 +1,20 @@
-"""Datasets: TFDS ``array_record`` sources, offline preparation, batching, augmentation.
+"""Datasets: TFDS ``array_record`` sources, offline preparation, device-side preprocessing.
 
-Fashion-MNIST, CIFAR-10 and CIFAR-100 fit in memory, so a split is read once
-through ``tfds`` data sources (no TensorFlow at run time) into NumPy arrays and
-batched by index. Batches stay ``uint8`` on the host; normalisation and CIFAR
-augmentation run on the device (:func:`preprocess`) as pure functions of
-``(seed, step)``.
+A run reads a split either whole into memory (:class:`Split`: Fashion-MNIST and CIFAR,
+``config.data.in_memory``) or record by record from the ``array_record`` files
+(:class:`StreamedSplit`: any size; ImageNet's JPEGs are decoded and augmented on the
+host, ``awn_jax.images``). Both feed the same Grain pipeline (``awn_jax.input_pipeline``).
+Batches stay ``uint8`` on the host; normalisation and CIFAR augmentation run on the
+device (:func:`preprocess`) as pure functions of ``(seed, step)``. TensorFlow is never
+needed.
 
 Where the data come from, in order:
 
 1. ``<data_dir>/<name>_local``: prepared here from the raw files (IDX ``.gz`` for
    Fashion-MNIST, the official ``*-python.tar.gz`` for CIFAR) by :func:`prepare`;
    images are stored as raw tensors, which TFDS writes without TensorFlow;
-2. ``<data_dir>/<name>``: the standard TFDS dataset, if prepared in ``array_record``;
+2. ``<data_dir>/<name>``: the standard TFDS dataset, if prepared in ``array_record``
+   (ImageNet: ``awn_jax.imagenet.prepare`` writes it from the official tar files);
 3. the raw files, if present: prepared into 1. on first use;
 4. the standard TFDS download, if ``download=True`` (needs network and TensorFlow).
 """
@@ -24,11 +27,13 @@ import os
 import pickle
 import struct
 import tarfile
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from awn_jax import images as image_codec
 
 __all__ = [
     "DATASETS",
@@ -36,14 +41,16 @@ __all__ = [
     "DatasetInfo",
     "DataError",
     "Split",
+    "StreamedSplit",
+    "dataset_info",
     "default_data_dir",
+    "checked_data_dir",
+    "get_info",
     "load_split",
-    "load_data",
+    "stream_split",
+    "open_data",
     "prepare",
     "read_raw",
-    "epoch_permutation",
-    "train_batches",
-    "eval_batches",
     "preprocess",
 ]
 
@@ -66,6 +73,9 @@ class DatasetInfo:
       default_raw: where the raw files are looked for when none are given.
       raw_hint: how to obtain the raw files.
       class_names: the label names, in label order (empty where not listed here).
+      encoded: records hold JPEG bytes, decoded (and in training augmented) on the host
+        into ``image_shape`` crops; only streamed, never held in memory.
+      eval_split: the split evaluation reads.
     """
 
     name: str
@@ -78,6 +88,8 @@ class DatasetInfo:
     default_raw: str | None
     raw_hint: str
     class_names: tuple[str, ...] = ()
+    encoded: bool = False
+    eval_split: str = "test"
 
 
 DATASETS = {
@@ -97,6 +109,12 @@ DATASETS = {
     "cifar100": DatasetInfo(
         "cifar100", (32, 32, 3), 100, 50000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
         None, "the official cifar-100-python.tar.gz (from the CIFAR-100 homepage)",
+    ),
+    "imagenet2012": DatasetInfo(
+        "imagenet2012", (224, 224, 3), 1000, 1281167, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False,
+        None, "the official ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org, after"
+        " registration), prepared once with `python -m awn_jax.data imagenet2012 --raw=DIR`",
+        encoded=True, eval_split="validation",
     ),
 }
 
@@ -118,12 +136,59 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def read(self, indices: np.ndarray, keys: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The rows ``indices`` (``keys`` unused: in-memory datasets augment on the device)."""
+        del keys
+        return {"image": self.images[indices], "label": self.labels[indices]}
+
+
+class StreamedSplit:
+    """A split read record by record from TFDS ``array_record`` files; nothing is held in memory.
+
+    JPEG records (``info.encoded``) are decoded on read: with ``keys``, each row with the
+    random-resized crop and flip drawn from its key (training); without, resized and
+    centre-cropped (evaluation). Picklable, so Grain's worker processes can read it.
+    """
+
+    def __init__(self, source: Any, info: DatasetInfo, limit: int = 0, crop_min_scale: float = 0.08):
+        self.source, self.info, self.crop_min_scale = source, info, crop_min_scale
+        self._length = min(len(source), limit) if limit else len(source)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _image(self, record: dict, key: np.ndarray | None) -> np.ndarray:
+        if not self.info.encoded:
+            return np.asarray(record["image"], np.uint8).reshape(self.info.image_shape)
+        size = self.info.image_shape[0]
+        if key is None:
+            return image_codec.decode_eval(record["image"], size)
+        return image_codec.decode_train(record["image"], np.random.default_rng(key), size, self.crop_min_scale)
+
+    def read(self, indices: np.ndarray, keys: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The rows ``indices``, decoded; ``keys`` (one per row) seed host-side augmentation."""
+        records = self.source.__getitems__([int(i) for i in indices])
+        images = [self._image(r, None if keys is None else keys[i]) for i, r in enumerate(records)]
+        return {"image": np.stack(images), "label": np.asarray([int(r["label"]) for r in records], np.int32)}
+
 
 def get_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name``, or a clear error."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     return DATASETS[name]
+
+
+def dataset_info(config: Any) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a run: ``config.dataset``'s, with ``config.data.image_size`` crops if set."""
+    info = get_info(config.dataset)
+    size = config.data.get("image_size", 0)
+    if size and size != info.image_shape[0]:
+        if not info.encoded:
+            raise ValueError(f"config.data.image_size: {config.dataset} has fixed {info.image_shape[0]}-pixel"
+                             " images; set it to 0.")
+        info = dataclasses.replace(info, image_shape=(size, size, info.image_shape[2]))
+    return info
 
 
 def default_data_dir() -> str:
@@ -252,7 +317,7 @@ def _local_builder_cls(info: DatasetInfo, raw: str | None, splits: dict[str, Spl
     return _Local
 
 
-def _checked_data_dir(data_dir: str | None) -> str:
+def checked_data_dir(data_dir: str | None) -> str:
     """``data_dir`` (default :func:`default_data_dir`), refused if a file stands on its path."""
     data_dir = data_dir or default_data_dir()
     path = os.path.abspath(data_dir)
@@ -283,7 +348,9 @@ def prepare(name: str, raw: str | None = None, data_dir: str | None = None) -> s
     import tensorflow_datasets as tfds
 
     info = get_info(name)
-    data_dir = _checked_data_dir(data_dir)
+    if info.encoded:
+        raise ValueError(f"{name} is prepared by awn_jax.imagenet.prepare (python -m awn_jax.data {name}).")
+    data_dir = checked_data_dir(data_dir)
     if not _raw_available(info, raw):
         raise DataError(f"raw {name} files not found at {_raw_path(info, raw)}: need {info.raw_hint}.")
     # Read and check every split first: bad files then leave nothing behind in data_dir.
@@ -303,6 +370,48 @@ def _read_source(source, info: DatasetInfo, where: str) -> Split:
     return data
 
 
+def _data_source(info: DatasetInfo, split: str, data_dir: str | None, raw: str | None,
+                 download: bool) -> tuple[Any, str]:
+    """The TFDS data source of a split (JPEGs left encoded) and where it lies.
+
+    Raises:
+      DataError: if no source has the data; the message lists what was looked for.
+    """
+    import tensorflow_datasets as tfds
+
+    if split not in ("train", info.eval_split):
+        raise ValueError(f"unknown split {split!r} of {info.name}; use 'train' or {info.eval_split!r}.")
+    data_dir = checked_data_dir(data_dir)
+    decoders = {"image": tfds.decode.SkipDecoding()} if info.encoded else None
+    local = _local_dir(info, data_dir)
+    if not info.encoded:
+        if not os.path.exists(os.path.join(local, "dataset_info.json")) and _raw_available(info, raw):
+            prepare(info.name, raw, data_dir)
+        if os.path.exists(os.path.join(local, "dataset_info.json")):
+            return tfds.builder_from_directory(local).as_data_source(split=split), local
+    standard = os.path.join(data_dir, info.name)
+    if os.path.isdir(standard) or download:
+        try:
+            source = tfds.data_source(info.name, split=split, data_dir=data_dir, download=download,
+                                      decoders=decoders)
+        except Exception as e:  # TFDS raises many kinds; the message below says what to do.
+            raise DataError(f"TFDS could not provide {info.name} from {data_dir}: {e}") from e
+        return source, standard
+    if info.encoded:
+        raise DataError(
+            f"{info.name} not found: no prepared dataset in {standard}. Prepare it once from {info.raw_hint}"
+            f" (with --data_dir={data_dir}); to smoke-test without the real files, generate a small one with"
+            f" `python -m awn_jax.data synthetic {info.name} --examples=256 --data_dir={data_dir}`."
+        )
+    raise DataError(
+        f"{info.name} not found. Looked for a prepared dataset in {local} and {standard}, and for"
+        f" raw files at {_raw_path(info, raw)}. Provide {info.raw_hint}, and pass their location"
+        " with --config.data.raw=PATH (or prepare once with"
+        f" `python -m awn_jax.data {info.name} --raw=PATH --data_dir={data_dir}`); with network"
+        " access and TensorFlow installed, --config.data.download=True uses the TFDS download."
+    )
+
+
 def load_split(
     name: str,
     split: str,
@@ -313,97 +422,44 @@ def load_split(
     """Loads a whole split into memory (see the module docstring for the sources).
 
     Raises:
-      DataError: if no source has the data; the message lists what was looked for.
+      DataError: if no source has the data, or it holds JPEGs (stream those: :func:`stream_split`).
     """
-    import tensorflow_datasets as tfds
-
     info = get_info(name)
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'.")
-    data_dir = _checked_data_dir(data_dir)
-    local = _local_dir(info, data_dir)
-    if not os.path.exists(os.path.join(local, "dataset_info.json")) and _raw_available(info, raw):
-        prepare(name, raw, data_dir)
-    if os.path.exists(os.path.join(local, "dataset_info.json")):
-        builder = tfds.builder_from_directory(local)
-        return _read_source(builder.as_data_source(split=split), info, local)
-    standard = os.path.join(data_dir, name)
-    if os.path.isdir(standard) or download:
-        try:
-            source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-        except Exception as e:  # TFDS raises many kinds; the message below says what to do.
-            raise DataError(f"TFDS could not provide {name} from {data_dir}: {e}") from e
-        return _read_source(source, info, standard)
-    raise DataError(
-        f"{name} not found. Looked for a prepared dataset in {local} and {standard}, and for"
-        f" raw files at {_raw_path(info, raw)}. Provide {info.raw_hint}, and pass their location"
-        " with --config.data.raw=PATH (or prepare once with"
-        f" `python -m awn_jax.data {name} --raw=PATH --data_dir={data_dir}`); with network"
-        " access and TensorFlow installed, --config.data.download=True uses the TFDS download."
-    )
+    if info.encoded:
+        raise DataError(f"{name} stores JPEGs and is only streamed; set config.data.in_memory=False.")
+    source, where = _data_source(info, split, data_dir, raw, download)
+    return _read_source(source, info, where)
 
 
-def load_data(config: Any) -> tuple[Split, Split]:
-    """The train and test splits of a run's config, cut to ``config.data.{train,test}_examples``."""
-    splits = []
-    for split, limit in (("train", config.data.train_examples), ("test", config.data.test_examples)):
-        s = load_split(config.dataset, split, config.data_dir or None, config.data.raw or None,
-                       config.data.download)
-        if limit:
-            s = Split(s.images[:limit], s.labels[:limit])
-        splits.append(s)
-    return splits[0], splits[1]
+def stream_split(info: DatasetInfo, split: str, data_dir: str | None = None, raw: str | None = None,
+                 download: bool = False, limit: int = 0, crop_min_scale: float = 0.08) -> StreamedSplit:
+    """A split read on demand from its ``array_record`` files (its first ``limit`` records; 0: all).
 
-
-# ----------------------------------------------------------------------------- batching
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of examples in ``epoch``: a function of ``(seed, epoch)`` only."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, 1, int(epoch)]).permutation(n)
-
-
-def train_batches(
-    data: Split,
-    batch_size: int,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Endless ``(step, batch)`` pairs from ``start_step`` on; drops each epoch's remainder.
-
-    Every process computes the same global batch (sorted indices, so that reading is
-    sequential) and keeps its own contiguous ``batch_size / process_count`` slice:
-    the global batch, row for row, does not depend on the process count.
+    ``info`` may carry a run's crop size (:func:`dataset_info`); JPEG training crops cover
+    at least ``crop_min_scale`` of each image.
     """
-    steps_per_epoch = len(data) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(data)} training examples.")
-    local = batch_size // process_count
-    step = start_step
-    while True:
-        epoch, offset = divmod(step, steps_per_epoch)
-        order = epoch_permutation(seed, epoch, len(data))
-        for i in range(offset, steps_per_epoch):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            idx = np.sort(idx)[process_index * local : (process_index + 1) * local]
-            yield step, {"image": data.images[idx], "label": data.labels[idx]}
-            step += 1
+    source, where = _data_source(info, split, data_dir, raw, download)
+    if len(source) == 0:
+        raise DataError(f"{where} ({split}): the split is empty.")
+    return StreamedSplit(source, info, limit, crop_min_scale)
 
 
-def eval_batches(data: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of a split in order; the last is padded, with ``mask`` 0 on padding."""
-    for start in range(0, len(data), batch_size):
-        images = data.images[start : start + batch_size]
-        labels = data.labels[start : start + batch_size]
-        n = len(labels)
-        pad = batch_size - n
-        yield {
-            "image": np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]),
-            "label": np.concatenate([labels, np.zeros(pad, labels.dtype)]),
-            "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
-        }
+def open_data(config: Any) -> tuple[Split | StreamedSplit, Split | StreamedSplit]:
+    """The training and evaluation splits of a run's config (in memory or streamed, per
+    ``config.data.in_memory``), cut to ``config.data.{train,test}_examples``."""
+    info = dataset_info(config)
+    out = []
+    for split, limit in (("train", config.data.train_examples), (info.eval_split, config.data.test_examples)):
+        args = (config.data_dir or None, config.data.raw or None, config.data.download)
+        if config.data.in_memory:
+            s = load_split(config.dataset, split, *args)
+            out.append(Split(s.images[:limit], s.labels[:limit]) if limit else s)
+        else:
+            out.append(stream_split(info, split, *args, limit=limit, crop_min_scale=config.data.crop_min_scale))
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------- device side
 
 
 def _random_crop_flip(rng: jax.Array, image: jax.Array, pad: int) -> jax.Array:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from awn_jax import checkpoints, data, io, multihost, optim, sharding, steps
+from awn_jax import checkpoints, data, input_pipeline, io, multihost, optim, sharding, steps
 from awn_jax.config import validate
 from awn_jax.models import from_config
 
@@ -58,7 +58,7 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
         validate(config)
     except ValueError as e:
         raise checkpoints.CheckpointError(f"{io.config_path(workdir)} is not a valid config: {e}") from None
-    info = data.get_info(config.dataset)
+    info = data.dataset_info(config)
     model = from_config(config, info.num_classes)
     # The schedule does not shape the optimizer state; any steps_per_epoch restores it.
     target = steps.abstract_state(model, optim.make_optimizer(config, 1), info.image_shape,
@@ -137,13 +137,14 @@ def _eval_program(model: Any, widths: tuple[float, ...], one_pass: bool, mesh: A
 def accuracies(
     model: Any,
     variables: dict,
-    split: data.Split,
+    split: input_pipeline.Source,
     info: data.DatasetInfo,
     widths: Sequence[float],
     batch_size: int,
     *,
     one_pass: bool | None = None,
     mesh: Any = None,
+    reading: input_pipeline.PipelineOptions = input_pipeline.PipelineOptions(),
 ) -> dict[float, tuple[float, float]]:
     """Top-1 and top-5 accuracy on ``split`` at each width.
 
@@ -160,6 +161,7 @@ def accuracies(
       mesh: the device mesh to shard batches over (default: one device of this
         process); with devices of several processes, every process calls this with
         the same arguments.
+      reading: how the input pipeline reads (threads, workers; not what it reads).
 
     Returns:
       ``{width: (top1, top5)}``.
@@ -172,7 +174,7 @@ def accuracies(
     batch_size += -batch_size % mesh.devices.size
     variables = sharding.replicate(variables, mesh)
     totals = None
-    for batch in data.eval_batches(split, batch_size):
+    for batch in input_pipeline.eval_batches(split, batch_size, reading):
         arrays = sharding.shard_whole_batch(mesh, batch)
         images = _prepare(arrays["image"], info)
         hits = [_eval_program(model, group, one_pass, mesh)(variables, images, arrays["label"], arrays["mask"])

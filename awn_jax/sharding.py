@@ -19,7 +19,7 @@ def data_mesh(devices: Sequence[Any] | None = None, batch_size: int | None = Non
     """A 1-D mesh ``('data',)`` over ``devices`` (default: all devices of all processes).
 
     Devices are ordered by process, so each process's slice of a global batch
-    (``awn_jax.data.train_batches``) is a contiguous block of rows.
+    (``awn_jax.input_pipeline.train_batches``) is a contiguous block of rows.
 
     Raises:
       ValueError: ``batch_size`` is not a multiple of the device count.

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from awn_jax import calibration, compilation, costs, data, evaluation, io, multihost, report, sharding, steps
+from awn_jax import (calibration, compilation, costs, data, evaluation, input_pipeline, io, multihost, report,
+                     sharding, steps)
 from awn_jax.models import channel_sizes
 from awn_jax.timing import median_seconds
 from awn_jax.widths import calibration_widths, is_reference_width, num_channels, smallest_trained_width, sweep_widths
@@ -47,7 +48,7 @@ def throughput(model: Any, variables: dict, info: data.DatasetInfo, widths: Sequ
     return out
 
 
-def calibrated_variables(run: evaluation.Run, num: int, train_split: data.Split | None,
+def calibrated_variables(run: evaluation.Run, num: int, train_split: input_pipeline.Source | None,
                          workdir: str) -> tuple[Any, dict]:
     """US-Net's model and variables calibrated at ``num`` widths: loaded if stored for this step,
     else computed from ``config.sweep.calibration_batches`` training batches and stored."""
@@ -60,11 +61,10 @@ def calibrated_variables(run: evaluation.Run, num: int, train_split: data.Split 
     if stored is not None:
         return model, {"params": run.variables["params"], "batch_stats": stored}
     if train_split is None:
-        train_split = data.load_data(c)[0]
+        train_split = data.open_data(c)[0]
     batches = []
-    for step, batch in data.train_batches(train_split, c.batch_size, c.seed):
-        if step >= c.sweep.calibration_batches:
-            break
+    for step, batch in input_pipeline.train_batches(train_split, c.batch_size, c.seed, 0, c.sweep.calibration_batches,
+                                                    options=input_pipeline.options_from_config(c)):
         rng = jax.random.fold_in(jax.random.key(c.seed), step)
         batches.append(data.preprocess(jnp.asarray(batch["image"]), run.info, rng))
     variables = calibration.calibrate(model, run.variables["params"], run.variables["batch_stats"],
@@ -81,7 +81,7 @@ def sweep(
     calibration: int = 0,
     one_pass: bool | None = None,
     throughput_repeats: int | None = None,
-    splits: tuple[data.Split, data.Split] | None = None,
+    splits: tuple[input_pipeline.Source, input_pipeline.Source] | None = None,
     test_examples: int | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def sweep(
         (0: the shared training statistics).
       one_pass: AWN's one-pass sweep (default: on for AWN).
       throughput_repeats: timed batches per width (default ``config.sweep.throughput_repeats``).
-      splits: in-memory ``(train, test)`` splits instead of loading the dataset.
+      splits: ``(train, test)`` splits instead of opening the dataset.
       test_examples: evaluate the first N test images (0: all; default: the run's config).
       write: write the result files (process 0 does, in a run of several processes,
         where every process calls this and the accuracies span all their devices).
@@ -110,7 +110,7 @@ def sweep(
             raise ValueError(f"--calibration is for US-Net; this run is {c.variant!r}.")
         if splits is None and test_examples is not None:
             c.data.test_examples = test_examples
-        train_split, test_split = splits if splits is not None else (None, data.load_data(c)[1])
+        train_split, test_split = splits if splits is not None else (None, data.open_data(c)[1])
         model, variables = run.model, run.variables
         if calibration:
             model, variables = calibrated_variables(run, calibration, train_split, workdir)
@@ -118,7 +118,8 @@ def sweep(
         use_one_pass = evaluation.default_one_pass(model) if one_pass is None else one_pass
         eval_start = time.perf_counter()
         acc = evaluation.accuracies(model, variables, test_split, run.info, widths, c.eval_batch_size,
-                                    one_pass=use_one_pass, mesh=sharding.data_mesh())
+                                    one_pass=use_one_pass, mesh=sharding.data_mesh(),
+                                    reading=input_pipeline.options_from_config(c))
         accuracy_seconds = time.perf_counter() - eval_start
         repeats = c.sweep.throughput_repeats if throughput_repeats is None else throughput_repeats
         speed = throughput(model, variables, run.info, widths, c.eval_batch_size, repeats)

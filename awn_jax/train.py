@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from awn_jax import checkpoints, conv, data, evaluation, io, multihost, optim, sharding, steps
+from awn_jax import checkpoints, conv, data, evaluation, input_pipeline, io, multihost, optim, sharding, steps
 from awn_jax.config import validate
 from awn_jax.metrics_log import MetricsLog
 from awn_jax.models import from_config
@@ -158,7 +158,8 @@ def _refuse_together(refusal: Exception | None) -> None:
 
 def _evaluate(model, state, test, info, config, mesh) -> dict[float, float]:
     acc = evaluation.accuracies(model, {"params": state.params, "batch_stats": state.batch_stats}, test, info,
-                                config.eval_widths, config.eval_batch_size, mesh=mesh)
+                                config.eval_widths, config.eval_batch_size, mesh=mesh,
+                                reading=input_pipeline.options_from_config(config))
     return {w: top1 for w, (top1, _) in acc.items()}
 
 
@@ -168,7 +169,7 @@ def train_and_evaluate(
     *,
     devices: Sequence[Any] | None = None,
     stop_after_steps: int | None = None,
-    splits: tuple[data.Split, data.Split] | None = None,
+    splits: tuple[input_pipeline.Source, input_pipeline.Source] | None = None,
 ) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates.
 
@@ -179,7 +180,7 @@ def train_and_evaluate(
       devices: devices of the data-parallel mesh (default: all).
       stop_after_steps: stop (with a checkpoint) once this many steps are done in
         total, as if interrupted; for tests and debugging.
-      splits: in-memory ``(train, test)`` splits instead of loading ``config.dataset``.
+      splits: ``(train, test)`` splits instead of opening ``config.dataset``.
 
     Returns:
       ``{"step": final step, "accuracy": {width: top-1} (absent if stopped before the
@@ -189,8 +190,9 @@ def train_and_evaluate(
       and is reported for the caller to stop.
     """
     validate(config)
-    info = data.get_info(config.dataset)
-    train, test = splits if splits is not None else data.load_data(config)
+    info = data.dataset_info(config)
+    train, test = splits if splits is not None else data.open_data(config)
+    reading = input_pipeline.options_from_config(config)
     steps_per_epoch = len(train) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
@@ -258,9 +260,10 @@ def train_and_evaluate(
         last_saved = start
         interrupted = False
         window_start, window_images, run_start = time.perf_counter(), 0, time.perf_counter()
-        batches = data.train_batches(train, config.batch_size, config.seed, start,
-                                     jax.process_index(), jax.process_count())
-        with _StopRequest() as stop:
+        batches = input_pipeline.train_batches(train, config.batch_size, config.seed, start, total_steps,
+                                               jax.process_index(), jax.process_count(), reading)
+        # Closing the pipeline stops its worker processes when the loop stops early.
+        with _StopRequest() as stop, contextlib.closing(batches):
             for step, batch in batches:
                 if step >= total_steps:
                     break

@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run = evaluation.restore_run(args.workdir, args.step)
-    test = data.load_data(run.config)[1]
+    test = data.open_data(run.config)[1]
     images = np.asarray(jax.jit(lambda x: data.preprocess(x, run.info))(jnp.asarray(test.images)))
     labels = np.asarray(test.labels)
     grid = [round(w, 2) for w in np.arange(0.25, 1.0001, 0.05)]

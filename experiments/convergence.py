@@ -72,7 +72,7 @@ def collect(workroot: str, epochs: int, cache_path: str) -> list[dict]:
         if not todo:
             continue
         config = checkpoints.load_config(run_dir)
-        splits = data.load_data(config)
+        splits = data.open_data(config)
         for step in todo:
             points[f"{key}/{step}"] = _point(key, run_dir, step, splits)
             # Saved after each point: a stopped report resumes where it was.

@@ -58,7 +58,7 @@ def _run(workdir: str, args: list[str], processes: int, devices: int) -> list[fl
 
 def gradient_bytes(config) -> int:
     """Bytes of one step's gradient all-reduce (float32 parameters, masked entries included)."""
-    info = data.get_info(config.dataset)
+    info = data.dataset_info(config)
     model = from_config(config, info.num_classes)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, *info.image_shape), np.float32)))
     return sum(4 * int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))

@@ -147,7 +147,7 @@ def report(seeds, workroot: str, epochs: int) -> str:
     tracked, summary, acc = {}, {}, {}
     for key in METHODS:
         run_dir = runner.workdir(runner.spec(key, seed), workroot, epochs)
-        train_split = data.load_data(checkpoints.load_config(run_dir))[0]
+        train_split = data.open_data(checkpoints.load_config(run_dir))[0]
         tracked[key] = track(run_dir, train_split)
         summary[key] = summarise(tracked[key])
         acc[key] = accuracies(run_dir, train_split)

@@ -1,4 +1,5 @@
-"""Data: raw-file parsing, offline TFDS preparation, batching, augmentation, errors."""
+"""Data: raw-file parsing, offline TFDS preparation, device-side preprocessing, errors (batching:
+test_input_pipeline.py)."""
 
 import gzip
 import os
@@ -72,41 +73,6 @@ def test_corrupt_idx_files_are_rejected(tmp_path):
     path.write_bytes(b"not gzip")
     with pytest.raises(data.DataError, match="not gzip"):
         data.read_raw("fashion_mnist", str(tmp_path), "train")
-
-
-def _split(n=50):
-    return data.Split(np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), np.arange(n, dtype=np.int32) % 10)
-
-
-def test_batches_are_a_function_of_seed_and_step():
-    s = _split()
-    run = data.train_batches(s, 8, seed=3)
-    first = [next(run) for _ in range(14)]  # 6 steps per epoch: crosses two epoch boundaries
-    assert [step for step, _ in first] == list(range(14))
-    epoch0 = np.concatenate([b["image"][:, 0, 0, 0] for _, b in first[:6]])
-    assert len(set(epoch0.tolist())) == 48  # an epoch draws without replacement
-    resumed = data.train_batches(s, 8, seed=3, start_step=9)
-    for (step, a), (step_b, b) in zip(first[9:], (next(resumed) for _ in range(5))):
-        assert step == step_b
-        np.testing.assert_array_equal(a["image"], b["image"])
-    other = next(data.train_batches(s, 8, seed=4))[1]
-    assert not np.array_equal(other["image"], first[0][1]["image"])
-
-
-def test_each_process_gets_its_slice_of_the_global_batch():
-    s = _split()
-    whole = next(data.train_batches(s, 8, seed=0))[1]["image"][:, 0, 0, 0]
-    parts = [next(data.train_batches(s, 8, seed=0, process_index=i, process_count=2))[1]["image"][:, 0, 0, 0]
-             for i in range(2)]
-    assert sorted(np.concatenate(parts).tolist()) == sorted(whole.tolist())
-    assert not set(parts[0]) & set(parts[1])
-
-
-def test_eval_batches_pad_and_mask_the_last_batch():
-    batches = list(data.eval_batches(_split(50), 16))
-    assert len(batches) == 4 and all(b["image"].shape[0] == 16 for b in batches)
-    assert sum(b["mask"].sum() for b in batches) == 50
-    assert batches[-1]["mask"].tolist() == [1.0, 1.0] + [0.0] * 14
 
 
 def test_preprocess_normalises_and_augments_deterministically():

@@ -57,7 +57,7 @@ def test_convergence_sweeps_each_kept_checkpoint_once_and_tables_it_beside_the_p
     from experiments import convergence
 
     monkeypatch.setattr(runner, "RESULTS", str(tmp_path / "results"))
-    monkeypatch.setattr(convergence.data, "load_data", lambda config: ("train", "test"))
+    monkeypatch.setattr(convergence.data, "open_data", lambda config: ("train", "test"))
     swept = []
 
     def fake_sweep(run_dir, *, step, calibration, throughput_repeats, splits, write):

@@ -46,12 +46,13 @@ def test_every_config_builds_and_trains_a_few_steps(name, tmp_path):
 
 
 @pytest.mark.parametrize("name,classes", [("mbv2_cifar10", 10), ("mbv2_cifar100", 100), ("resnet20_fmnist", 10),
-                                          ("resnet20_cifar10", 10), ("resnet56_cifar100", 100)])
+                                          ("resnet20_cifar10", 10), ("resnet56_cifar100", 100),
+                                          ("mbv2_imagenet", 1000), ("resnet50_imagenet", 1000)])
 def test_large_model_configs_build_their_models(name, classes):
     config = load_config(name)
     config_lib.validate(config)
     config_lib.validate(tiny_config(name))
-    info = data.get_info(config.dataset)
+    info = data.dataset_info(config)
     model = from_config(config, info.num_classes)
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, *info.image_shape)))[0])
     assert out.shape == (2, classes)

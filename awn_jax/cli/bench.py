@@ -11,14 +11,20 @@ after warm-up:
   FLOP/s measured in the same run;
 * inference images/s at 4 widths and the ratio to w = 1, beside the MACs ratio, and
   the compile time per width; for LeNet also the full sweep's compile time; peak host memory;
-* with --anytime (alone): anytime widening w1 -> w2 against a direct pass at w2.
+* with --anytime (alone): anytime widening w1 -> w2 against a direct pass at w2;
+* with --input (alone): the input pipeline alone (ImageNet JPEGs decoded and augmented,
+  images/s at --image_size with each of --workers worker processes) beside the
+  ImageNet MobileNetV2 train step's images/s on this device: which of the two bounds a run.
+  It reads ``imagenet2012`` from --data_dir, or generates 512 images there if none is prepared.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import resource
+import tempfile
 import time
 from typing import Sequence
 
@@ -27,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from awn_jax import anytime, costs, data, optim, runtime, sharding, steps, train
+from awn_jax import anytime, costs, data, imagenet, input_pipeline, optim, runtime, sharding, steps, train
 from awn_jax.cli import common
 from awn_jax.config import base_config
 from awn_jax.models import from_config
@@ -81,6 +87,8 @@ BENCHMARKED = {
                             tuple(r for r in ROW_LABELS if r != ("awn", "sandwich", False)), grid_step=0.25),
     "mobilenet_v2": Benchmarked("MobileNetV2", "cifar10", (1.0, 0.75, 0.5, 0.35), 100,
                                 (("awn", "sandwich", True), ("standard", "fixed", True))),
+    "mobilenet_v2_imagenet": Benchmarked("MobileNetV2 (ImageNet, 224 px)", "imagenet2012", (1.0, 0.75, 0.5, 0.35),
+                                         32, (("awn", "sandwich", True),)),
 }
 
 
@@ -94,7 +102,7 @@ def _train_config(model: str, variant: str, mode: str, one_pass: bool = True):
 
 
 def _setup(config):
-    info = data.get_info(config.dataset)
+    info = data.dataset_info(config)
     model = from_config(config, info.num_classes)
     tx = optim.make_optimizer(config, 1000)
     state = jax.jit(functools.partial(steps.create_state, model, tx, config.seed, info.image_shape))()
@@ -201,6 +209,33 @@ def inference_table(model_name: str, repeats: int) -> None:
         print(f"\ncompiling all {len(widths)} sweep widths: {time.perf_counter() - start:.1f} s")
 
 
+def input_table(data_dir: str | None, image_size: int, workers: Sequence[int], threads: int, batch: int,
+                batches: int, step_images_per_second: float | None) -> None:
+    """Prints the input pipeline's decoded, augmented images/s per worker count beside the train step's."""
+    info = dataclasses.replace(data.DATASETS["imagenet2012"], image_shape=(image_size, image_size, 3))
+    with tempfile.TemporaryDirectory(prefix="awn-bench-") as scratch:
+        if data_dir is None or not os.path.isdir(os.path.join(data_dir, "imagenet2012")):
+            data_dir = data_dir or scratch
+            imagenet.write_synthetic(data_dir, 512, sizes=(300, 500))
+            print(f"\ngenerated 512 JPEGs of 300-500 px sides in {data_dir} (ImageNet's are about 400 x 350)")
+        split = data.stream_split(info, "train", data_dir)
+        print(f"\n| input pipeline, {image_size} px crops, batch {batch} ({len(split)} images) | images/s |"
+              "\n|---|---|")
+        for count in workers:
+            options = input_pipeline.PipelineOptions(count, threads, prefetch=max(2, 2 * count))
+            reads = input_pipeline.train_batches(split, batch, seed=0, options=options)
+            for _ in range(2 + count):  # workers started, buffers filled
+                next(reads)
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(reads)
+            rate = batches * batch / (time.perf_counter() - start)
+            where = f"{count} worker process(es) x {threads} thread(s)" if count else f"{threads} thread(s), no workers"
+            print(f"| {where} | {rate:,.0f} |")
+    if step_images_per_second is not None:
+        print(f"| train step consumes (MobileNetV2 AWN+RS, batch 128, this device) | {step_images_per_second:,.1f} |")
+
+
 def define_flags() -> flags.FlagValues:
     """The benchmark's flags."""
     fv = common.new_flags()
@@ -210,6 +245,15 @@ def define_flags() -> flags.FlagValues:
     flags.register_validator("models", lambda names: bool(names) and set(names) <= set(BENCHMARKED),
                              f"--models takes a comma-separated list of {', '.join(BENCHMARKED)}", flag_values=fv)
     flags.DEFINE_bool("anytime", False, "Time anytime widening against direct passes only.", flag_values=fv)
+    flags.DEFINE_bool("input", False, "Time the ImageNet input pipeline against the train step only.",
+                      flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "--input: TFDS directory holding imagenet2012 (default: generate).",
+                        flag_values=fv)
+    flags.DEFINE_integer("image_size", 224, "--input: crop side in pixels.", lower_bound=32, flag_values=fv)
+    flags.DEFINE_list("workers", ["0", "2"], "--input: worker-process counts to time.", flag_values=fv)
+    flags.DEFINE_integer("threads", 2, "--input: reading threads per process.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("input_only", False, "--input: skip timing the train step (slow to compile on a CPU).",
+                      flag_values=fv)
     return fv
 
 
@@ -221,6 +265,14 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
     if args.anytime:
         for name in args.models:
             anytime_table(name, BENCHMARKED[name].batch, args.steps)
+        return 0
+    if args.input:
+        try:
+            workers = [int(w) for w in args.workers]
+        except ValueError:
+            raise common.UsageError(f"--workers takes worker counts, e.g. 0,2,4; got {args.workers}.") from None
+        rate = None if args.input_only else train_step_rate("mobilenet_v2_imagenet", "awn", "sandwich", True, args.steps)
+        input_table(args.data_dir, args.image_size, workers, args.threads, 64, max(args.steps, 4), rate)
         return 0
 
     print("\n| train step (batch 128, 4 widths) | images/s |\n|---|---|")

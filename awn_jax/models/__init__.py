@@ -8,14 +8,14 @@ import flax.linen as nn
 
 from awn_jax.models.common import PLAIN, VARIANTS, channel_sizes, variant_spec
 from awn_jax.models.lenet import LeNet3C1L
-from awn_jax.models.mobilenet_v2 import MobileNetV2
+from awn_jax.models.mobilenet_v2 import MobileNetV2, MobileNetV2ImageNet
 from awn_jax.models.resnet import ResNet, ResNet20, ResNet50, ResNet56
 
-__all__ = ["LeNet3C1L", "MobileNetV2", "ResNet", "ResNet20", "ResNet56", "ResNet50", "MODELS", "PLAIN", "VARIANTS",
-           "channel_sizes", "create_model", "from_config", "variant_spec"]
+__all__ = ["LeNet3C1L", "MobileNetV2", "MobileNetV2ImageNet", "ResNet", "ResNet20", "ResNet56", "ResNet50", "MODELS",
+           "PLAIN", "VARIANTS", "channel_sizes", "create_model", "from_config", "variant_spec"]
 
-MODELS = {"lenet3c1l": LeNet3C1L, "mobilenet_v2": MobileNetV2, "resnet20": ResNet20, "resnet56": ResNet56,
-          "resnet50": ResNet50}
+MODELS = {"lenet3c1l": LeNet3C1L, "mobilenet_v2": MobileNetV2, "mobilenet_v2_imagenet": MobileNetV2ImageNet,
+          "resnet20": ResNet20, "resnet56": ResNet56, "resnet50": ResNet50}
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

@@ -1,4 +1,4 @@
-"""MobileNetV2 in its CIFAR layout (stride-1 stem), for every variant."""
+"""MobileNetV2 in its CIFAR layout (stride-1 stem) and its ImageNet layout, for every variant."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from awn_jax.conv import ConvLowering, conv2d
 from awn_jax.models.common import VariantSpec, check_images, variant_spec
 
-__all__ = ["MobileNetV2", "InvertedResidual", "CIFAR_BLOCKS"]
+__all__ = ["MobileNetV2", "MobileNetV2ImageNet", "InvertedResidual", "CIFAR_BLOCKS", "IMAGENET_BLOCKS"]
 
 Array = Any
 
@@ -18,6 +18,16 @@ Array = Any
 CIFAR_BLOCKS = (
     (1, 16, 1, 1),
     (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+# Sandler et al. (2018), Table 2: the 24-channel stage also halves the resolution.
+IMAGENET_BLOCKS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
     (6, 32, 3, 2),
     (6, 64, 4, 2),
     (6, 96, 3, 1),
@@ -69,7 +79,7 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 for 32x32 inputs, any width.
+    """MobileNetV2 for 32x32 inputs (CIFAR layout; :class:`MobileNetV2ImageNet` for 224x224), any width.
 
     Triangular masks on every non-depthwise conv for AWN (the stem reads every image
     channel); depthwise convs are sliced; the classifier reads the active channels.
@@ -82,6 +92,7 @@ class MobileNetV2(nn.Module):
       bn_widths: S-Net's listed / US-Net's calibrated widths.
       block_settings: inverted-residual settings ``(t, c, n, s)``.
       stem_channels, last_channels: base channels of the first and last convs.
+      stem_strides: the stem conv's stride (2 in the ImageNet layout).
       conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
         program choice, e.g. ``conv.training_lowering()``; same values and variables).
       plain_width: the ``plain`` variant's width.
@@ -95,6 +106,7 @@ class MobileNetV2(nn.Module):
     bn_widths: Sequence[float] | None = None
     block_settings: Sequence[tuple[int, int, int, int]] = CIFAR_BLOCKS
     stem_channels: int = 32
+    stem_strides: int = 1
     last_channels: int = 1280
     bn_momentum: float = 0.9
     dtype: Any = None
@@ -108,7 +120,7 @@ class MobileNetV2(nn.Module):
         norm = dict(momentum=self.bn_momentum, dtype=self.dtype)
         channels = spec.channels(self.stem_channels)
         conv = dict(use_bias=False, dtype=self.dtype)
-        self.stem = spec.conv(channels, kernel_size=(3, 3), fixed_input=True, **conv)
+        self.stem = spec.conv(channels, kernel_size=(3, 3), strides=self.stem_strides, fixed_input=True, **conv)
         self.stem_bn = spec.norm(channels, **norm)
         blocks = []
         for t, c, n, s in self.block_settings:
@@ -141,3 +153,11 @@ class MobileNetV2(nn.Module):
     def __call__(self, x: Array, width: float = 1.0, train: bool = False) -> Array:
         """Logits at ``width`` for NHWC images ``x``."""
         return self.classify(self.features(x, width, train))
+
+
+class MobileNetV2ImageNet(MobileNetV2):
+    """MobileNetV2 in its ImageNet layout (224x224 inputs): a stride-2 stem and Table 2's strides."""
+
+    num_classes: int = 1000
+    block_settings: Sequence[tuple[int, int, int, int]] = IMAGENET_BLOCKS
+    stem_strides: int = 2
