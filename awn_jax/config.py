@@ -11,6 +11,7 @@ import math
 import ml_collections
 
 from awn_jax.data import DATASETS
+from awn_jax.images import MIN_CROP_SCALE
 from awn_jax.layers import INITS
 from awn_jax.models import MODELS, VARIANTS
 from awn_jax.widths import SNET_WIDTHS
@@ -52,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.threads = 2  # reading threads (per worker, or in the training process)
     c.data.prefetch = 4  # batches read ahead
     c.data.image_size = 0  # JPEG datasets: the square crop's side (0: the dataset's, 224 for ImageNet)
-    c.data.crop_min_scale = 0.08  # JPEG datasets: random-resized crops cover at least this part of the image
+    c.data.crop_min_scale = MIN_CROP_SCALE  # JPEG datasets: random-resized crops cover at least this part of the image
 
     c.model_args = ml_collections.ConfigDict()
     c.model_args.width_multiplier = ml_collections.FieldReference(None, field_type=float)

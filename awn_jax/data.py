@@ -150,7 +150,8 @@ class StreamedSplit:
     centre-cropped (evaluation). Picklable, so Grain's worker processes can read it.
     """
 
-    def __init__(self, source: Any, info: DatasetInfo, limit: int = 0, crop_min_scale: float = 0.08):
+    def __init__(self, source: Any, info: DatasetInfo, limit: int = 0,
+                 crop_min_scale: float = image_codec.MIN_CROP_SCALE):
         self.source, self.info, self.crop_min_scale = source, info, crop_min_scale
         self._length = min(len(source), limit) if limit else len(source)
 
@@ -182,11 +183,8 @@ def get_info(name: str) -> DatasetInfo:
 def dataset_info(config: Any) -> DatasetInfo:
     """The :class:`DatasetInfo` of a run: ``config.dataset``'s, with ``config.data.image_size`` crops if set."""
     info = get_info(config.dataset)
-    size = config.data.get("image_size", 0)
+    size = config.data.image_size  # config.validate allows it only for JPEG datasets
     if size and size != info.image_shape[0]:
-        if not info.encoded:
-            raise ValueError(f"config.data.image_size: {config.dataset} has fixed {info.image_shape[0]}-pixel"
-                             " images; set it to 0.")
         info = dataclasses.replace(info, image_shape=(size, size, info.image_shape[2]))
     return info
 
@@ -432,7 +430,8 @@ def load_split(
 
 
 def stream_split(info: DatasetInfo, split: str, data_dir: str | None = None, raw: str | None = None,
-                 download: bool = False, limit: int = 0, crop_min_scale: float = 0.08) -> StreamedSplit:
+                 download: bool = False, limit: int = 0,
+                 crop_min_scale: float = image_codec.MIN_CROP_SCALE) -> StreamedSplit:
     """A split read on demand from its ``array_record`` files (its first ``limit`` records; 0: all).
 
     ``info`` may carry a run's crop size (:func:`dataset_info`); JPEG training crops cover
@@ -448,9 +447,9 @@ def open_data(config: Any) -> tuple[Split | StreamedSplit, Split | StreamedSplit
     """The training and evaluation splits of a run's config (in memory or streamed, per
     ``config.data.in_memory``), cut to ``config.data.{train,test}_examples``."""
     info = dataset_info(config)
+    args = (config.data_dir or None, config.data.raw or None, config.data.download)
     out = []
     for split, limit in (("train", config.data.train_examples), (info.eval_split, config.data.test_examples)):
-        args = (config.data_dir or None, config.data.raw or None, config.data.download)
         if config.data.in_memory:
             s = load_split(config.dataset, split, *args)
             out.append(Split(s.images[:limit], s.labels[:limit]) if limit else s)

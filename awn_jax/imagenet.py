@@ -50,18 +50,21 @@ def _validation_synsets() -> list[str]:
         return f.read().split()
 
 
-def _fixed(name: str, jpeg: bytes) -> bytes:
-    """TFDS's fix-ups of the train set: CMYK JPEGs and one PNG, as RGB JPEGs."""
+def _needs_fixing() -> frozenset[str]:
+    """The train images TFDS re-encodes: CMYK JPEGs and one PNG."""
     from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as reference
 
-    if name in reference.CMYK_IMAGES or name in reference.PNG_IMAGES:
-        out = io.BytesIO()
-        Image.open(io.BytesIO(jpeg)).convert("RGB").save(out, format="JPEG", quality=95)
-        return out.getvalue()
-    return jpeg
+    return frozenset(reference.CMYK_IMAGES) | frozenset(reference.PNG_IMAGES)
+
+
+def _as_rgb_jpeg(image: bytes) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(image)).convert("RGB").save(out, format="JPEG", quality=95)
+    return out.getvalue()
 
 
 def _train_examples(path: str) -> Iterator[tuple[str, dict]]:
+    fix = _needs_fixing()
     with tarfile.open(path, "r|") as outer:  # streams: 147 GB are never held or extracted
         for member in outer:
             if not member.isfile() or not member.name.endswith(".tar"):
@@ -71,7 +74,8 @@ def _train_examples(path: str) -> Iterator[tuple[str, dict]]:
                 for image in inner:
                     if image.isfile():
                         name = os.path.basename(image.name)
-                        jpeg = _fixed(name, inner.extractfile(image).read())
+                        jpeg = inner.extractfile(image).read()
+                        jpeg = _as_rgb_jpeg(jpeg) if name in fix else jpeg
                         yield name, {"image": io.BytesIO(jpeg), "label": synset, "file_name": name}
 
 

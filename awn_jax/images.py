@@ -17,9 +17,10 @@ import math
 import numpy as np
 from PIL import Image
 
-__all__ = ["decode_train", "decode_eval", "random_resized_crop_box", "EVAL_CROP_FRACTION"]
+__all__ = ["decode_train", "decode_eval", "random_resized_crop_box", "EVAL_CROP_FRACTION", "MIN_CROP_SCALE"]
 
 EVAL_CROP_FRACTION = 0.875
+MIN_CROP_SCALE = 0.08  # Inception's smallest crop area, as a fraction of the image
 _RATIO = (3 / 4, 4 / 3)
 
 
@@ -28,7 +29,7 @@ def _open(jpeg: bytes) -> Image.Image:
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
-                           min_scale: float = 0.08) -> tuple[int, int, int, int]:
+                           min_scale: float = MIN_CROP_SCALE) -> tuple[int, int, int, int]:
     """The ``(left, top, right, bottom)`` box of an Inception-style random crop of a ``width`` x ``height`` image,
     covering ``[min_scale, 1]`` of its area."""
     area = width * height
@@ -54,7 +55,8 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     return left, top, left + w, top + h
 
 
-def decode_train(jpeg: bytes, rng: np.random.Generator, size: int, min_scale: float = 0.08) -> np.ndarray:
+def decode_train(jpeg: bytes, rng: np.random.Generator, size: int,
+                 min_scale: float = MIN_CROP_SCALE) -> np.ndarray:
     """A JPEG -> random-resized crop, ``size`` x ``size``, randomly flipped; uint8 ``(size, size, 3)``."""
     image = _open(jpeg)
     box = random_resized_crop_box(image.width, image.height, rng, min_scale)

@@ -30,8 +30,7 @@ import grain
 import numpy as np
 from absl import flags
 
-__all__ = ["Source", "PipelineOptions", "epoch_permutation", "global_batch_indices", "train_batches",
-           "eval_batches", "options_from_config"]
+__all__ = ["Source", "PipelineOptions", "epoch_permutation", "train_batches", "eval_batches", "options_from_config"]
 
 
 class Source(Protocol):
@@ -70,13 +69,9 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, 1, int(epoch)]).permutation(n)
 
 
-def global_batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
-    """The sorted example indices of the global batch of ``step`` (each epoch's remainder dropped)."""
-    return _GlobalBatches(seed, n, batch_size)(step)
-
-
 class _GlobalBatches:
-    """Global batch indices by step, keeping the last two epochs' permutations."""
+    """The sorted example indices of each step's global batch (each epoch's remainder dropped),
+    keeping the last two epochs' permutations."""
 
     def __init__(self, seed: int, n: int, batch_size: int):
         self.seed, self.n, self.batch_size = seed, n, batch_size
@@ -130,13 +125,14 @@ def train_batches(
     source: Source,
     batch_size: int,
     seed: int,
+    *,
+    stop_step: int,
     start_step: int = 0,
-    stop_step: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
     options: PipelineOptions = PipelineOptions(),
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """``(step, batch)`` pairs for the steps ``[start_step, stop_step)`` (None: endless).
+    """``(step, batch)`` pairs for the steps ``[start_step, stop_step)``.
 
     Every process computes the same global batch (sorted indices, so that reading is
     sequential) and reads only its own contiguous ``batch_size / process_count`` rows:
@@ -145,13 +141,8 @@ def train_batches(
     if batch_size % process_count:
         raise ValueError(f"batch_size {batch_size} does not split over {process_count} processes.")
     read = _TrainBatch(source, batch_size, seed, process_index, process_count)
-    chunk = 1 << 20  # Grain ranges are finite: an endless run reads chunk after chunk
-    for begin in itertools.count(start_step, chunk):
-        end = begin + chunk if stop_step is None else min(begin + chunk, stop_step)
-        if end <= begin:
-            return
-        with _closing(_iterate(grain.MapDataset.range(begin, end).map(read), options)) as reads:
-            yield from zip(itertools.count(begin), reads)
+    with _closing(_iterate(grain.MapDataset.range(start_step, stop_step).map(read), options)) as reads:
+        yield from zip(itertools.count(start_step), reads)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,8 @@ def calibrated_variables(run: evaluation.Run, num: int, train_split: input_pipel
     if train_split is None:
         train_split = data.open_data(c)[0]
     batches = []
-    for step, batch in input_pipeline.train_batches(train_split, c.batch_size, c.seed, 0, c.sweep.calibration_batches,
+    for step, batch in input_pipeline.train_batches(train_split, c.batch_size, c.seed,
+                                                    stop_step=c.sweep.calibration_batches,
                                                     options=input_pipeline.options_from_config(c)):
         rng = jax.random.fold_in(jax.random.key(c.seed), step)
         batches.append(data.preprocess(jnp.asarray(batch["image"]), run.info, rng))

@@ -260,8 +260,9 @@ def train_and_evaluate(
         last_saved = start
         interrupted = False
         window_start, window_images, run_start = time.perf_counter(), 0, time.perf_counter()
-        batches = input_pipeline.train_batches(train, config.batch_size, config.seed, start, total_steps,
-                                               jax.process_index(), jax.process_count(), reading)
+        batches = input_pipeline.train_batches(train, config.batch_size, config.seed, stop_step=total_steps,
+                                               start_step=start, process_index=jax.process_index(),
+                                               process_count=jax.process_count(), options=reading)
         # Closing the pipeline stops its worker processes when the loop stops early.
         with _StopRequest() as stop, contextlib.closing(batches):
             for step, batch in batches:

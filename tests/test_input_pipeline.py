@@ -82,7 +82,7 @@ def test_each_process_reads_its_slice_of_the_global_batch(fmnist, kind):
              for i in range(2)]
     np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), whole["image"])
     with pytest.raises(ValueError, match="does not split over 3 processes"):
-        next(input_pipeline.train_batches(s, 8, seed=0, process_count=3))
+        next(input_pipeline.train_batches(s, 8, seed=0, stop_step=1, process_count=3))
 
 
 def test_worker_processes_and_threads_read_the_same_batches(fmnist):

@@ -223,8 +223,9 @@ def input_table(data_dir: str | None, image_size: int, workers: Sequence[int], t
               "\n|---|---|")
         for count in workers:
             options = input_pipeline.PipelineOptions(count, threads, prefetch=max(2, 2 * count))
-            reads = input_pipeline.train_batches(split, batch, seed=0, options=options)
-            for _ in range(2 + count):  # workers started, buffers filled
+            warmup = 2 + count  # workers started, buffers filled
+            reads = input_pipeline.train_batches(split, batch, seed=0, stop_step=warmup + batches, options=options)
+            for _ in range(warmup):
                 next(reads)
             start = time.perf_counter()
             for _ in range(batches):
