@@ -30,6 +30,9 @@ setup(
     ],
     # The notebooks run in the tests (nbclient on an ipykernel), so they cannot rot.
     # pytest-xdist: the suite runs on 2 processes (compilation is single-threaded).
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "nbclient>=0.10",
+    # bench: the PyTorch side of python -m awn_jax.bench (a CPU build where the index has one:
+    # pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu).
+    extras_require={"bench": ["torch==2.13.0"],
+                    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "nbclient>=0.10",
                              "nbformat>=5.10", "ipykernel>=6.29"]},
 )

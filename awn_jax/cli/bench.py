@@ -4,9 +4,11 @@ Prints, for each model of ``--models`` (default LeNet-3C1L), medians over repeat
 after warm-up:
 
 * train-step images/s of each variant (batch 128, 4 widths per step): LeNet-3C1L
-  (Fashion-MNIST shape), ResNet-20 and MobileNetV2 (CIFAR shape). No ratio to PyTorch
-  is printed: a comparison needs both sides measured in the same run on the same
-  machine, which this benchmark does not do yet;
+  (Fashion-MNIST shape), ResNet-20 and MobileNetV2 (CIFAR shape);
+* with LeNet and torch installed (``pip install -e '.[bench]'``): the AWN+RS train step
+  and inference per width beside the reference written in PyTorch
+  (``awn_jax.torch_reference``), alternating, in this run: each pair's ratio and the
+  median (without torch, a line says the comparison was skipped);
 * the AWN step's achieved FLOP/s (XLA's cost analysis) against a large matmul's
   FLOP/s measured in the same run;
 * inference images/s at 4 widths and the ratio to w = 1, beside the MACs ratio, and
@@ -109,14 +111,39 @@ def _setup(config):
     return info, model, tx, state
 
 
-def train_step_rate(model_name: str, variant: str, mode: str, one_pass: bool, steps_timed: int) -> float:
-    """Median images/s of the run's training step at batch 128 on random data."""
-    config = _train_config(model_name, variant, mode, one_pass)
-    info, model, tx, state = _setup(config)
-    train_step = train.make_train_step(config, model, tx, info, sharding.data_mesh())
+def _random_batch(info, n: int = 128) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, (128, *info.image_shape), dtype=np.uint8),
-             "label": rng.integers(0, info.num_classes, 128).astype(np.int32)}
+    return {"image": rng.integers(0, 256, (n, *info.image_shape), dtype=np.uint8),
+            "label": rng.integers(0, info.num_classes, n).astype(np.int32)}
+
+
+def train_step_rate(model_name: str, variant: str, mode: str, one_pass: bool, steps_timed: int) -> float:
+    """Median images/s of the run's training step at batch 128 on random data.
+
+    The row's compiled programs are released afterwards: one process timing every row
+    would otherwise hold hundreds of them, and XLA:CPU's JIT then runs out of memory
+    mappings (``LLVM compilation error: Cannot allocate memory`` under Linux's default
+    ``vm.max_map_count`` of 65530).
+    """
+    rate = 128 / median_seconds(_warm_train_step(_train_config(model_name, variant, mode, one_pass)), steps_timed)
+    _release_programs()
+    return rate
+
+
+def _release_programs() -> None:
+    train.one_pass_program.cache_clear()
+    train.per_width_program.cache_clear()
+    jax.clear_caches()
+
+
+def _warm_train_step(config):
+    """A call that runs the config's training step once at batch 128 (random data, steps 4, 5, ...),
+    after the warm-up that compiles every program it can reach."""
+    info, model, tx, state = _setup(config)
+    variant, mode, one_pass = config.variant, config.widths.mode, config.widths.one_pass
+    mesh = sharding.data_mesh()
+    train_step = train.make_train_step(config, model, tx, info, mesh)
+    batch = _random_batch(info)
     for step in range(2):  # warm-up
         state, _, _ = train_step(state, batch, step)
     if not (variant == "awn" and one_pass) and mode == "sandwich":
@@ -126,10 +153,12 @@ def train_step_rate(model_name: str, variant: str, mode: str, one_pass: bool, st
         reps = representatives(sizes.layers, config.widths.w_min)
         grid = config.widths.grid_step
         drawn = width_grid(config.widths.w_min, config.widths.w_max, grid) if grid else reps.values()
-        images = data.preprocess(jnp.asarray(batch["image"]), info)
+        # Laid out as the step lays out its batch, so that these are the programs it runs.
+        arrays = sharding.global_batch(mesh, batch)
+        images = data.preprocess(arrays["image"], info)
         for rep in sorted({reps[channel_config(w, sizes.layers)] for w in drawn}):
             train.per_width_program(train.training_model(model), rep, config.widths.distill)(
-                state.params, state.batch_stats, images, jnp.asarray(batch["label"]), None)
+                state.params, state.batch_stats, images, arrays["label"], None)
     counter = iter(range(4, 10**9))
 
     def one_step():
@@ -137,7 +166,87 @@ def train_step_rate(model_name: str, variant: str, mode: str, one_pass: bool, st
         state, _, _ = train_step(state, batch, next(counter))
         return state
 
-    return 128 / median_seconds(one_step, steps_timed)
+    return one_step
+
+
+def torch_comparison(steps_timed: int, pairs: int = 3) -> None:
+    """Prints LeNet AWN+RS training and inference, PyTorch (awn_jax.torch_reference) beside JAX.
+
+    The two alternate, ``pairs`` times, each timed as the median of ``steps_timed`` calls;
+    the ratio of each pair and their median are printed. Before timing, both start from the
+    same variables and their logits and one step's losses are compared.
+    """
+    try:
+        import torch
+
+        from awn_jax import torch_reference
+    except ImportError:
+        print("\nPyTorch comparison skipped: torch is not installed (pip install -e '.[bench]').")
+        return
+    config = _train_config("lenet3c1l", "awn", "sandwich", True)
+    info, model, tx, state = _setup(config)
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    channels = steps.model_sizes(model, info.image_shape).features
+    reference = torch_reference.from_flax(torch_reference.TorchAWNLeNet(channels), variables)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=config.learning_rate, momentum=config.optim.momentum,
+                                weight_decay=config.weight_decay)
+    batch = _random_batch(info)
+    x = data.preprocess(jnp.asarray(batch["image"]), info)
+    images = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(batch["label"]).long()
+    reference.eval()
+    with torch.no_grad():
+        logit_gap = max(float(np.abs(np.asarray(model.apply(variables, x, width=w))
+                                     - reference(images, w).numpy()).max()) for w in FOUR_WIDTHS)
+    _, metrics, widths = train.make_train_step(config, model, tx, info, sharding.data_mesh())(state, batch, 0)
+    loss_gap = float(np.abs(np.asarray(metrics["loss"])
+                            - np.asarray(torch_reference.train_step(reference, optimizer, images, labels, widths)))
+                     .max())
+    print(f"\nPyTorch {torch.__version__} ({torch.get_num_threads()} threads) against JAX, same variables:"
+          f" max |logit difference| {logit_gap:.1e} at widths {FOUR_WIDTHS}; after one step at widths"
+          f" {tuple(round(w, 3) for w in widths)}, max |loss difference| {loss_gap:.1e}.")
+
+    jax_step = _warm_train_step(config)
+    counter = iter(range(4, 10**9))
+    torch_reference.train_step(reference, optimizer, images, labels, FOUR_WIDTHS)  # warm-up
+
+    def torch_step():
+        return torch_reference.train_step(reference, optimizer, images, labels, step_widths(config, next(counter)))
+
+    print("\n| LeNet AWN+RS train step (batch 128, 4 widths) | PyTorch images/s | JAX images/s | JAX / PyTorch |"
+          "\n|---|---|---|---|")
+    _alternate(lambda: median_seconds(torch_step, steps_timed), lambda: median_seconds(jax_step, steps_timed),
+               128, pairs)
+
+    bench = BENCHMARKED["lenet3c1l"]
+    x_big = jnp.asarray(np.random.default_rng(1).normal(size=(bench.batch, *info.image_shape)), jnp.float32)
+    images_big = torch.from_numpy(np.array(x_big)).permute(0, 3, 1, 2).contiguous()
+    print(f"\n| LeNet AWN inference (batch {bench.batch}) | PyTorch images/s | JAX images/s | JAX / PyTorch |"
+          "\n|---|---|---|---|")
+    reference.eval()
+    for w in bench.widths:
+        forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
+        forward(variables, x_big).block_until_ready()
+
+        def torch_forward(w=w):
+            with torch.no_grad():
+                return reference(images_big, w)
+
+        _alternate(lambda: median_seconds(torch_forward, steps_timed),
+                   lambda: median_seconds(lambda: forward(variables, x_big), steps_timed), bench.batch, pairs,
+                   label=f"w = {w:g}")
+
+
+def _alternate(torch_seconds, jax_seconds, images: int, pairs: int, label: str = "") -> None:
+    """Times PyTorch then JAX, ``pairs`` times; prints each pair's rates and ratio, then the medians."""
+    rows = []
+    for i in range(pairs):
+        t, j = torch_seconds(), jax_seconds()
+        rows.append((images / t, images / j))
+        print(f"| {label + ', ' if label else ''}pair {i + 1} | {images / t:,.0f} | {images / j:,.0f} | {t / j:.2f}x |")
+    t_med, j_med = (float(np.median(c)) for c in zip(*rows))
+    ratio = float(np.median([j / t for t, j in rows]))
+    print(f"| {label + ', ' if label else ''}median | {t_med:,.0f} | {j_med:,.0f} | {ratio:.2f}x |")
 
 
 def _step_flops(config) -> float:
@@ -285,6 +394,9 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
             awn_rates.setdefault(name, rate)
             grid = f" (on a {bench.grid_step:g} grid)" if row[1] == "sandwich" and bench.grid_step else ""
             print(f"| {bench.label} {ROW_LABELS[row]}{grid} | {rate:,.0f} |")
+
+    if "lenet3c1l" in args.models:
+        torch_comparison(args.steps)
 
     matmul = matmul_flops_per_second()
     for name in args.models:
