@@ -285,3 +285,12 @@ def test_the_predict_command_writes_one_csv_row_per_image(finished, tmp_path):
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert [r["input"] for r in rows] == [f"x.npy[{i}]" for i in range(5)] and {r["width"] for r in rows} == {"0.5"}
+
+
+def test_the_benchmark_says_when_it_skips_the_pytorch_comparison(monkeypatch, capsys):
+    from awn_jax.cli import bench
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    bench.torch_comparison(steps_timed=1)
+    assert capsys.readouterr().out.strip() == ("PyTorch comparison skipped: torch is not installed"
+                                               " (pip install -e '.[bench]').")
