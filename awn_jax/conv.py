@@ -1,12 +1,12 @@
 """2-D convolution (NHWC/HWIO) and its lowerings: one call, optionally split over the batch.
 
-On XLA's CPU backend a convolution whose output is materialised (as training
-needs, for BatchNorm statistics and the backward pass) runs through an im2col
-routine whose temporary grows with the batch: for LeNet's 45-channel 3x3 conv at
-batch 128 it is 119 MB per call. Splitting the batch into chunks of a few images
-keeps that temporary in cache and made the LeNet AWN train step 1.4x faster;
-inference, whose convolutions XLA fuses with their consumers, is faster unsplit
-(docs/PERFORMANCE_NOTES.md). The split computes the same function.
+On XLA's CPU backend (jaxlib 0.10) a convolution whose output is materialised, as
+training needs for BatchNorm statistics and the backward pass, runs through YNNPACK
+by default. Splitting the batch into chunks of 8 images made that LeNet AWN train
+step 1.4x faster. With XLA's own convolutions (``runtime.tune_xla_cpu``, which the
+command-line entry points apply) the unsplit program is faster still, so the split
+is used only on a CPU without that setting (docs/PERFORMANCE_NOTES.md). The split
+computes the same function.
 
 A model takes its lowering as one field (``conv_lowering``, passed to every conv
 layer), and :func:`training_lowering` is the one place that picks it per platform::
@@ -25,6 +25,8 @@ from typing import Any, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from awn_jax import runtime
 
 __all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "training_lowering"]
 
@@ -94,8 +96,10 @@ class BatchSplitConv:
 def training_lowering(backend: str | None = None) -> ConvLowering:
     """The conv lowering for training programs on ``backend`` (default: JAX's default backend).
 
-    ``BatchSplitConv(8)`` on ``'cpu'`` (measured fastest, docs/PERFORMANCE_NOTES.md),
-    :func:`conv2d` elsewhere. Inference keeps :func:`conv2d` on every platform.
+    ``BatchSplitConv(8)`` on ``'cpu'`` when XLA:CPU convolves with YNNPACK (its default),
+    :func:`conv2d` with XLA's own convolutions (``runtime.xla_cpu_tuned()``) and on
+    accelerators; each measured fastest where it is used (docs/PERFORMANCE_NOTES.md).
+    Inference keeps :func:`conv2d` on every platform.
     """
     backend = jax.default_backend() if backend is None else backend
-    return BatchSplitConv(8) if backend == "cpu" else conv2d
+    return BatchSplitConv(8) if backend == "cpu" and not runtime.xla_cpu_tuned() else conv2d

@@ -6,8 +6,13 @@ import tempfile
 
 import pytest
 
+from awn_jax import runtime
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The suite runs XLA:CPU as the commands do (their --tune_xla_cpu), set before any backend
+# starts; the commands the tests start inherit it.
+runtime.tune_xla_cpu()
 # One persistent compilation cache for the whole run, shared by the xdist workers and the
 # commands the tests start (they inherit the variable): the same programs recur across tests,
 # and loading one is much faster than compiling it. Fresh per run, so no test sees another

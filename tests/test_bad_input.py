@@ -25,6 +25,7 @@ CONFIG = "configs/lenet_fmnist.py:smoke"
 @pytest.fixture(autouse=True)
 def _no_global_side_effects(monkeypatch):
     monkeypatch.setattr(common.runtime, "tune_host_allocator", lambda: False)
+    monkeypatch.setattr(common.runtime, "tune_xla_cpu", lambda: False)
     monkeypatch.setattr(common, "enable_compilation_cache", lambda *a: "")
     monkeypatch.chdir(os.path.join(os.path.dirname(__file__), ".."))
 

@@ -1,11 +1,13 @@
-"""Conv lowerings: splitting a convolution over the batch computes the same function."""
+"""Conv lowerings (splitting a convolution over the batch computes the same function) and XLA:CPU's kernels."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import conv
+from awn_jax import conv, runtime
 from awn_jax.models import LeNet3C1L, MobileNetV2
 
 CASES = [
@@ -34,8 +36,11 @@ def test_batch_split_equals_one_convolution_values_and_gradients(hw, c, k, o, st
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_training_lowering_splits_on_cpu_only_and_lowerings_hash_by_value():
+def test_training_lowering_splits_on_an_untuned_cpu_only_and_lowerings_hash_by_value(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")
     assert conv.training_lowering("cpu") == conv.BatchSplitConv(8)
+    monkeypatch.setenv("XLA_FLAGS", " ".join(runtime.XLA_CPU_FLAGS))
+    assert conv.training_lowering("cpu") is conv.conv2d
     assert conv.training_lowering("gpu") is conv.conv2d
     assert conv.training_lowering("tpu") is conv.conv2d
     assert conv.training_lowering() == conv.training_lowering(jax.default_backend())
@@ -46,6 +51,30 @@ def test_training_lowering_splits_on_cpu_only_and_lowerings_hash_by_value():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="positive int chunk"):
             conv.BatchSplitConv(bad)
+
+
+def test_tune_xla_cpu_adds_its_flags_once_and_never_overrides_the_users(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert runtime.tune_xla_cpu() and runtime.xla_cpu_tuned()
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *runtime.XLA_CPU_FLAGS]
+    assert not runtime.tune_xla_cpu()  # already there: nothing added twice
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *runtime.XLA_CPU_FLAGS]
+    chosen = "--xla_cpu_experimental_ynn_fusion_type=dot"
+    monkeypatch.setenv("XLA_FLAGS", chosen)  # the user's own choice of the same flag wins
+    assert not runtime.tune_xla_cpu() and os.environ["XLA_FLAGS"] == chosen and not runtime.xla_cpu_tuned()
+    # XLA stops a process on a flag it does not know: a jaxlib it was not measured on is left alone.
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr(runtime.importlib.metadata, "version", lambda name: "0.9.1")
+    assert not runtime.tune_xla_cpu() and "XLA_FLAGS" not in os.environ
+
+
+def test_the_tuned_xla_cpu_convolves_with_its_own_kernels_not_ynnpack():
+    if jax.default_backend() != "cpu":
+        pytest.skip("XLA:CPU only")
+    assert runtime.xla_cpu_tuned()  # tests/conftest.py tunes the suite as the commands tune themselves
+    x, kernel = jnp.zeros((8, 10, 10, 5)), jnp.zeros((3, 3, 5, 7))
+    text = jax.jit(lambda x, k: jax.nn.relu(conv.conv2d(x, k))).lower(x, kernel).compile().as_text()
+    assert "convolution(" in text and "__ynn_fusion" not in text
 
 
 @pytest.mark.parametrize("model,shape", [

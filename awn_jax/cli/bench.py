@@ -369,9 +369,8 @@ def define_flags() -> flags.FlagValues:
 
 def main(args: flags.FlagValues, positional: list[str]) -> int:
     """Prints the benchmark tables."""
-    tuned = args.tune_allocator and runtime.tune_host_allocator()
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), {jax.devices()[0].device_kind};"
-          f" allocator tuned: {tuned}; JAX {jax.__version__}")
+          f" allocator tuned: {args.tune_allocator}; JAX {jax.__version__}; XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
     if args.anytime:
         for name in args.models:
             anytime_table(name, BENCHMARKED[name].batch, args.steps)

@@ -52,11 +52,13 @@ class UsageError(ValueError):
 
 
 def new_flags() -> flags.FlagValues:
-    """A fresh flag registry with the flags every command has (``--debug``, ``--tune_allocator``)."""
+    """A fresh flag registry with the flags every command has (``--debug``, ``--tune_allocator``, ``--tune_xla_cpu``)."""
     fv = flags.FlagValues()
     flags.DEFINE_bool("debug", False, "Show tracebacks for errors instead of one-line messages.", flag_values=fv)
     flags.DEFINE_bool("tune_allocator", True, "Keep freed host memory for reuse (glibc), so XLA:CPU's temporaries"
                       " are not page-faulted every step (docs/PERFORMANCE_NOTES.md).", flag_values=fv)
+    flags.DEFINE_bool("tune_xla_cpu", True, "Run convolutions and matmuls on XLA:CPU's own kernels, not YNNPACK's"
+                      " (several times faster here; runtime.XLA_CPU_FLAGS, docs/PERFORMANCE_NOTES.md).", flag_values=fv)
     return fv
 
 
@@ -216,6 +218,8 @@ def run(main: Callable[[flags.FlagValues, list[str]], int | None], fv: flags.Fla
         return int(e.code or 0)
     if fv.tune_allocator:
         runtime.tune_host_allocator()
+    if fv.tune_xla_cpu:
+        runtime.tune_xla_cpu()
     enable_compilation_cache()
     if not fv.debug:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
