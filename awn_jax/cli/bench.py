@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from awn_jax import anytime, costs, data, imagenet, input_pipeline, optim, runtime, sharding, steps, train
+from awn_jax import anytime, costs, data, imagenet, input_pipeline, optim, sharding, steps, train
 from awn_jax.cli import common
 from awn_jax.config import base_config
 from awn_jax.models import from_config
