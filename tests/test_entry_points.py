@@ -294,3 +294,19 @@ def test_the_benchmark_says_when_it_skips_the_pytorch_comparison(monkeypatch, ca
     bench.torch_comparison(steps_timed=1)
     assert capsys.readouterr().out.strip() == ("PyTorch comparison skipped: torch is not installed"
                                                " (pip install -e '.[bench]').")
+
+
+def test_the_benchmark_times_the_sweep_beside_one_full_width_pass_over_the_same_images(capsys):
+    import jax
+    import jax.numpy as jnp
+
+    from awn_jax import data
+    from awn_jax.cli import bench
+    from awn_jax.models import LeNet3C1L
+
+    model, info = LeNet3C1L(base_channels=4), data.get_info("fashion_mnist")
+    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape))))()
+    bench.sweep_table(model, variables, info, (1.0, 0.5, 0.25), batch=32, repeats=1, examples=64)
+    rows = [line.split(" | ") for line in capsys.readouterr().out.strip().splitlines()[2:]]
+    assert [r[0] for r in rows] == ["| sweep of 3 widths", "| one pass at width 1"]
+    assert rows[1][2] == "1.00x |" and float(rows[0][1]) > 0

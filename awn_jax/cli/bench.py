@@ -12,7 +12,8 @@ after warm-up:
 * the AWN step's achieved FLOP/s (XLA's cost analysis) against a large matmul's
   FLOP/s measured in the same run;
 * inference images/s at 4 widths and the ratio to w = 1, beside the MACs ratio, and
-  the compile time per width; for LeNet also the full sweep's compile time; peak host memory;
+  the compile time per width; for LeNet also the full sweep's compile time, and the
+  accuracy sweep of every width beside one full-width pass over the same images; peak host memory;
 * with --anytime (alone): anytime widening w1 -> w2 against a direct pass at w2;
 * with --input (alone): the input pipeline alone (ImageNet JPEGs decoded and augmented,
   images/s at --image_size with each of --workers worker processes) beside the
@@ -35,12 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from awn_jax import anytime, costs, data, imagenet, input_pipeline, optim, sharding, steps, train
+from awn_jax import anytime, costs, data, evaluation, imagenet, input_pipeline, optim, sharding, steps, train
 from awn_jax.cli import common
 from awn_jax.config import base_config
 from awn_jax.models import from_config
 from awn_jax.timing import median_seconds
-from awn_jax.widths import channel_config, distinct_widths, representatives, step_widths, width_grid
+from awn_jax.widths import channel_config, distinct_widths, representatives, step_widths, sweep_widths, width_grid
 
 PROG = "python -m awn_jax.bench"
 
@@ -316,6 +317,28 @@ def inference_table(model_name: str, repeats: int) -> None:
         for w in widths:
             jax.jit(lambda v, x, w=w: model.apply(v, x, width=w)).lower(variables, x).compile()
         print(f"\ncompiling all {len(widths)} sweep widths: {time.perf_counter() - start:.1f} s")
+        sweep_table(model, variables, info, sweep_widths(config, steps.model_sizes(model, info.image_shape).layers),
+                    bench.batch, repeats)
+
+
+def sweep_table(model, variables, info, widths: Sequence[float], batch: int, repeats: int,
+                examples: int = 10_000) -> None:
+    """Prints the accuracy sweep of ``widths`` beside one full-width pass, through one evaluation path.
+
+    Both are :func:`awn_jax.evaluation.accuracies` over the same ``examples`` random images
+    (one trunk pass for all widths, as a sweep of an AWN runs); the ratio is issue 17's figure.
+    """
+    rng = np.random.default_rng(2)
+    split = data.Split(rng.integers(0, 256, (examples, *info.image_shape), dtype=np.uint8),
+                       rng.integers(0, info.num_classes, examples).astype(np.int32))
+    rows = {}
+    for label, group in ((f"sweep of {len(widths)} widths", tuple(widths)), ("one pass at width 1", (1.0,))):
+        rows[label] = median_seconds(lambda g=group: evaluation.accuracies(model, variables, split, info, g, batch),
+                                     repeats)
+    full = rows["one pass at width 1"]
+    print(f"\n| accuracy over {examples:,} images (batch {batch}) | seconds | vs one pass at width 1 |\n|---|---|---|")
+    for label, seconds in rows.items():
+        print(f"| {label} | {seconds:.2f} | {seconds / full:.2f}x |")
 
 
 def input_table(data_dir: str | None, image_size: int, workers: Sequence[int], threads: int, batch: int,
