@@ -1,6 +1,8 @@
 """Conv lowerings (splitting a convolution over the batch computes the same function) and XLA:CPU's kernels."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -37,13 +39,14 @@ def test_batch_split_equals_one_convolution_values_and_gradients(hw, c, k, o, st
 
 
 def test_training_lowering_splits_on_an_untuned_cpu_only_and_lowerings_hash_by_value(monkeypatch):
+    backend = jax.default_backend()  # started before XLA_FLAGS changes below
     monkeypatch.setenv("XLA_FLAGS", "")
     assert conv.training_lowering("cpu") == conv.BatchSplitConv(8)
     monkeypatch.setenv("XLA_FLAGS", " ".join(runtime.XLA_CPU_FLAGS))
     assert conv.training_lowering("cpu") is conv.conv2d
     assert conv.training_lowering("gpu") is conv.conv2d
     assert conv.training_lowering("tpu") is conv.conv2d
-    assert conv.training_lowering() == conv.training_lowering(jax.default_backend())
+    assert conv.training_lowering() == conv.training_lowering(backend)
     # Models are static arguments of jit: equal lowerings give equal, equally hashed models.
     a, b = LeNet3C1L(conv_lowering=conv.BatchSplitConv(8)), LeNet3C1L(conv_lowering=conv.BatchSplitConv(8))
     assert a == b and hash(a) == hash(b)
@@ -54,13 +57,15 @@ def test_training_lowering_splits_on_an_untuned_cpu_only_and_lowerings_hash_by_v
 
 
 def test_tune_xla_cpu_adds_its_flags_once_and_never_overrides_the_users(monkeypatch):
+    monkeypatch.setattr(runtime.importlib.metadata, "version", lambda name: "0.10.2")
+    monkeypatch.setattr(runtime, "backend_started", lambda: False)  # as at a command's start
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     assert runtime.tune_xla_cpu() and runtime.xla_cpu_tuned()
     assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *runtime.XLA_CPU_FLAGS]
     assert not runtime.tune_xla_cpu()  # already there: nothing added twice
     assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *runtime.XLA_CPU_FLAGS]
-    chosen = "--xla_cpu_experimental_ynn_fusion_type=dot"
-    monkeypatch.setenv("XLA_FLAGS", chosen)  # the user's own choice of the same flag wins
+    chosen = "--xla_cpu_experimental_ynn_fusion_type=-individual_dot"
+    monkeypatch.setenv("XLA_FLAGS", chosen)  # the user's own value of the same flag wins
     assert not runtime.tune_xla_cpu() and os.environ["XLA_FLAGS"] == chosen and not runtime.xla_cpu_tuned()
     # XLA stops a process on a flag it does not know: a jaxlib it was not measured on is left alone.
     monkeypatch.delenv("XLA_FLAGS")
@@ -68,13 +73,53 @@ def test_tune_xla_cpu_adds_its_flags_once_and_never_overrides_the_users(monkeypa
     assert not runtime.tune_xla_cpu() and "XLA_FLAGS" not in os.environ
 
 
-def test_the_tuned_xla_cpu_convolves_with_its_own_kernels_not_ynnpack():
-    if jax.default_backend() != "cpu":
-        pytest.skip("XLA:CPU only")
-    assert runtime.xla_cpu_tuned()  # tests/conftest.py tunes the suite as the commands tune themselves
-    x, kernel = jnp.zeros((8, 10, 10, 5)), jnp.zeros((3, 3, 5, 7))
-    text = jax.jit(lambda x, k: jax.nn.relu(conv.conv2d(x, k))).lower(x, kernel).compile().as_text()
-    assert "convolution(" in text and "__ynn_fusion" not in text
+def test_tune_xla_cpu_after_the_backend_started_changes_nothing_and_says_so(monkeypatch):
+    jax.devices()  # started with the suite's XLA_FLAGS, before they change below
+    assert runtime.backend_started()
+    monkeypatch.setattr(runtime.importlib.metadata, "version", lambda name: "0.10.2")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.warns(UserWarning, match="after JAX started its backend.*before the first JAX computation"):
+        assert not runtime.tune_xla_cpu()
+    assert os.environ["XLA_FLAGS"] == "" and not runtime.xla_cpu_tuned()
+
+
+@pytest.mark.parametrize("value,tuned", [
+    ("-individual_convolution,-individual_dot", True),
+    ("-individual_dot,-individual_convolution", True),   # any order
+    ("-individual_convolution", True),
+    ("-individual_dot", False),                           # edits a default that convolves
+    ("dot,eltwise", True),                                # a list of its own, without convolutions
+    ("LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", False),
+])
+def test_xla_cpu_tuned_reads_the_flag_as_xla_does(monkeypatch, value, tuned):
+    flag = f"--xla_cpu_experimental_ynn_fusion_type={value}"
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=2 {flag}")
+    assert runtime.xla_cpu_tuned() is tuned
+    # The last value counts, and a longer flag's name is not this one.
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_cpu_experimental_ynn_fusion_type=+individual_convolution {flag}"
+                                    " --xla_cpu_experimental_ynn_fusion_type_other=dot")
+    assert runtime.xla_cpu_tuned() is tuned
+
+
+_CONV2_YNN_CALLS = """
+import jax, jax.numpy as jnp
+x, kernel = jnp.zeros((8, 26, 26, 45)), jnp.zeros((3, 3, 45, 45))  # LeNet's conv2
+f = lambda x, k: jax.nn.relu(jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",
+                                                          dimension_numbers=("NHWC", "HWIO", "NHWC")))
+print(jax.jit(f).lower(x, kernel).compile().as_text().count("__ynn_fusion"))
+"""
+
+
+@pytest.mark.skipif(not runtime.xla_cpu_tuned(), reason="XLA:CPU tuned only on jaxlib 0.10.x")
+def test_the_tuned_flags_take_lenets_convolution_from_ynnpack_to_xla():
+    def ynn_calls(xla_flags):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+        out = subprocess.run([sys.executable, "-c", _CONV2_YNN_CALLS], env=env, capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+        return int(out.split()[-1])
+
+    assert ynn_calls("") >= 1  # XLA's default: YNNPACK convolves
+    assert ynn_calls(" ".join(runtime.XLA_CPU_FLAGS)) == 0
 
 
 @pytest.mark.parametrize("model,shape", [

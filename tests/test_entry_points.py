@@ -310,3 +310,21 @@ def test_the_benchmark_times_the_sweep_beside_one_full_width_pass_over_the_same_
     rows = [line.split(" | ") for line in capsys.readouterr().out.strip().splitlines()[2:]]
     assert [r[0] for r in rows] == ["| sweep of 3 widths", "| one pass at width 1"]
     assert rows[1][2] == "1.00x |" and float(rows[0][1]) > 0
+
+
+def test_every_command_tunes_xla_cpu_before_it_runs_unless_told_not_to(monkeypatch):
+    from awn_jax.cli import common
+
+    calls = []
+    monkeypatch.setattr(common.runtime, "tune_xla_cpu", lambda: calls.append("tune_xla_cpu") or True)
+    monkeypatch.setattr(common.runtime, "tune_host_allocator", lambda: False)
+    monkeypatch.setattr(common, "enable_compilation_cache", lambda *a: "")
+
+    def main(fv, args):
+        calls.append("main")
+
+    assert common.run(main, common.new_flags(), ["prog"], "prog", "doc") == 0
+    assert calls == ["tune_xla_cpu", "main"]
+    calls.clear()
+    assert common.run(main, common.new_flags(), ["prog", "--notune_xla_cpu"], "prog", "doc") == 0
+    assert calls == ["main"]

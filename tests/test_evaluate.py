@@ -93,7 +93,8 @@ def test_training_time_accuracy_equals_the_sweeps_at_the_same_checkpoint(trained
 
 
 def test_accuracies_on_two_devices_equal_one_device(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
     run = subprocess.run([sys.executable, "-c", TWO_DEVICE_EVAL.format(tests=os.path.dirname(__file__))],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -55,7 +55,7 @@ def _flags(files, *extra):
 
 def _env(devices=1):
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
 
 
 def _start(files, module, args, processes=1, devices=1):

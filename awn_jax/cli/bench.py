@@ -29,19 +29,19 @@ import os
 import resource
 import tempfile
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from awn_jax import anytime, costs, data, evaluation, imagenet, input_pipeline, optim, sharding, steps, train
+from awn_jax import anytime, costs, data, evaluation, imagenet, input_pipeline, optim, runtime, sharding, steps, train
 from awn_jax.cli import common
 from awn_jax.config import base_config
 from awn_jax.models import from_config
 from awn_jax.timing import median_seconds
-from awn_jax.widths import channel_config, distinct_widths, representatives, step_widths, sweep_widths, width_grid
+from awn_jax.widths import channel_config, representatives, step_widths, sweep_widths, width_grid
 
 PROG = "python -m awn_jax.bench"
 
@@ -312,21 +312,27 @@ def inference_table(model_name: str, repeats: int) -> None:
     for w, rate, macs, compile_seconds in rows:
         print(f"| {w:g} | {rate:,.0f} | {rate / rows[0][1]:.2f}x | {macs / rows[0][2]:.3f} | {compile_seconds:.2f} |")
     if bench.sweep_compile:
-        widths = distinct_widths(steps.model_sizes(model, info.image_shape).layers, min(bench.widths), 1.0)
+        widths = sweep_widths(config, steps.model_sizes(model, info.image_shape).layers)
         start = time.perf_counter()
         for w in widths:
             jax.jit(lambda v, x, w=w: model.apply(v, x, width=w)).lower(variables, x).compile()
         print(f"\ncompiling all {len(widths)} sweep widths: {time.perf_counter() - start:.1f} s")
-        sweep_table(model, variables, info, sweep_widths(config, steps.model_sizes(model, info.image_shape).layers),
-                    bench.batch, repeats)
+        sweep_table(model, variables, info, widths, bench.batch, repeats)
 
 
-def sweep_table(model, variables, info, widths: Sequence[float], batch: int, repeats: int,
-                examples: int = 10_000) -> None:
-    """Prints the accuracy sweep of ``widths`` beside one full-width pass, through one evaluation path.
+def sweep_table(model: Any, variables: dict, info: data.DatasetInfo, widths: Sequence[float], batch: int,
+                repeats: int, examples: int = 10_000) -> None:
+    """Prints the accuracy sweep of ``widths`` beside one full-width pass over the same images.
 
-    Both are :func:`awn_jax.evaluation.accuracies` over the same ``examples`` random images
-    (one trunk pass for all widths, as a sweep of an AWN runs); the ratio is issue 17's figure.
+    Both go through :func:`awn_jax.evaluation.accuracies`, the sweep's own path (for an AWN,
+    one trunk pass for all widths), so both include its input pipeline and host work.
+
+    Args:
+      model, variables, info: the model, its variables, its dataset's info.
+      widths: the swept widths.
+      batch: evaluation batch size.
+      repeats: timed sweeps per figure (median).
+      examples: random images evaluated.
     """
     rng = np.random.default_rng(2)
     split = data.Split(rng.integers(0, 256, (examples, *info.image_shape), dtype=np.uint8),
@@ -392,8 +398,10 @@ def define_flags() -> flags.FlagValues:
 
 def main(args: flags.FlagValues, positional: list[str]) -> int:
     """Prints the benchmark tables."""
+    tuned = args.tune_allocator and runtime.tune_host_allocator()  # applied by common.run; says whether it took
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), {jax.devices()[0].device_kind};"
-          f" allocator tuned: {args.tune_allocator}; JAX {jax.__version__}; XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
+          f" allocator tuned: {tuned}; XLA:CPU's own convolutions: {runtime.xla_cpu_tuned()}; JAX {jax.__version__};"
+          f" XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
     if args.anytime:
         for name in args.models:
             anytime_table(name, BENCHMARKED[name].batch, args.steps)
