@@ -8,7 +8,8 @@ AWN+RS and AWN first, then US-Net and S-Net; each keeps 20 evenly spaced checkpo
 (every 5 epochs, ``runner.command``). The report sweeps every kept checkpoint (US-Net
 calibrated at 10 widths, the paper's middle column), caches each point in
 ``experiments/results/convergence/points.json`` (a checkpoint is swept once), and writes
-``convergence.md`` (table at epochs 5, 10, 25, 50, 75, 100 beside the paper's AUC),
+``convergence.md`` (table at epochs 5, 10, 25, 50, 75, 100 beside the paper's AUC, then
+each method's paper / 5-epoch (``table2_fmnist``) / newest full-length AUC),
 ``convergence.csv`` (every point) and ``convergence.png``. Runs still training are
 reported up to their newest checkpoint.
 """
@@ -100,6 +101,25 @@ def table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comparison(points: list[dict], five_epoch: list[dict]) -> str:
+    """Markdown: per method, the paper's AUC, the 5-epoch runs' (3 seeds, He init) and the full-length run's newest.
+
+    ``five_epoch`` holds ``table2_fmnist``'s rows (``table2.csv``); its 5-epoch rows are used.
+    """
+    lines = ["| method | paper, 100 epochs (%) | 5 epochs, 3 seeds, He init (%) |"
+             " full length, reference init, newest checkpoint (%) | its epoch |",
+             "|---|---|---|---|---|"]
+    for method in dict.fromkeys(p["method"] for p in points):
+        newest = max((p for p in points if p["method"] == method), key=lambda p: p["step"])
+        five = [float(r["auc_reference_mean"]) for r in five_epoch
+                if r["method"] == method and int(r["epochs"]) == 5]
+        mean, std = runner.mean_std(five) if five else (None, None)
+        five_text = f"{mean:.2f} ± {std:.2f} ({len(five)} seeds)" if five else "not run"
+        lines.append(f"| {method} | {PAPER_AUC[method]:.2f} | {five_text} | {newest['auc_reference_mean']:.2f} |"
+                     f" {round(newest['epoch'], 1):g} |")
+    return "\n".join(lines)
+
+
 def plot(points: list[dict]) -> bytes:
     """PNG: AUC against epochs (the paper's value dashed), and top-1 at widths 1 and 0.25."""
     import matplotlib
@@ -127,7 +147,12 @@ def report(workroot: str, epochs: int) -> str:
     points = collect(workroot, epochs, os.path.join(out, "points.json"))
     if not points:
         raise SystemExit(f"no checkpoints under {workroot}/e{epochs}: train first (without --report_only).")
-    md = table(points)
+    five_epoch_path = os.path.join(runner.results_dir("table2_fmnist"), "table2.csv")
+    five_epoch = []
+    if os.path.exists(five_epoch_path):
+        with open(five_epoch_path, newline="") as f:
+            five_epoch = list(csv.DictReader(f))
+    md = table(points) + "\n\n" + comparison(points, five_epoch)
     io.atomic_write(os.path.join(out, "convergence.md"), md + "\n")
     text = StringIO()
     writer = csv.DictWriter(text, fieldnames=POINT_FIELDS)

@@ -75,13 +75,20 @@ def test_convergence_sweeps_each_kept_checkpoint_once_and_tables_it_beside_the_p
         checkpoints.save_config(run_dir, lenet_config("fashion_mnist"))
         for e in epochs:
             os.makedirs(os.path.join(io.checkpoints_dir(run_dir), str(e * steps_per_epoch)))
+    five_epoch = tmp_path / "results" / "table2_fmnist"
+    five_epoch.mkdir(parents=True)
+    (five_epoch / "table2.csv").write_text("method,seed,epochs,auc_reference_mean\nAWN+RS,2019,5,89.5\n"
+                                           "AWN+RS,2020,5,89.7\nAWN+RS,2021,5,89.9\nAWN+RS,2019,100,99\n")
     md = convergence.report(str(tmp_path), 100)
     assert sorted(swept) == [("awn_rs_seed2019", 2340, 0), ("awn_rs_seed2019", 4680, 0),
                              ("awn_rs_seed2019", 11700, 0), ("usnet_seed2019", 2340, 10)]
     lines = md.splitlines()
     assert lines[2] == "| AWN+RS | 5 | 80.23 | 91.06 | -10.83 | 79.23 | 81.23 | 80.48 |"
-    assert [line.split("|")[1:3] for line in lines[2:]] == [
+    assert [line.split("|")[1:3] for line in lines[2:6]] == [
         [" AWN+RS ", " 5 "], [" AWN+RS ", " 10 "], [" AWN+RS ", " 25 "], [" US-Net 10w ", " 5 "]]
+    # Each method's paper / 5-epoch (3 seeds; the 100-epoch row is not one of them) / newest full-length AUC.
+    assert lines[9:] == ["| AWN+RS | 91.06 | 89.70 ± 0.20 (3 seeds) | 81.17 | 25 |",
+                         "| US-Net 10w | 90.70 | not run | 80.23 | 5 |"]
     # A second report sweeps only the checkpoint saved since.
     run_dir = runner.workdir(runner.spec("awn_rs", convergence.SEED), str(tmp_path), 100)
     os.makedirs(os.path.join(io.checkpoints_dir(run_dir), str(30 * steps_per_epoch)))
