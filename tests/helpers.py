@@ -129,3 +129,11 @@ def truncate_checkpoints(workdir) -> None:
             if os.path.getsize(path) > 64 and not f.endswith(".json") and "METADATA" not in f.upper():
                 with open(path, "r+b") as handle:
                     handle.truncate(os.path.getsize(path) // 2)
+
+
+def conv2_ynn_calls() -> int:
+    """YNNPACK calls in the compiled program of LeNet's conv2 (with its ReLU) under this process's XLA flags."""
+    x, kernel = jnp.zeros((8, 26, 26, 45)), jnp.zeros((3, 3, 45, 45))
+    f = lambda x, k: jax.nn.relu(jax.lax.conv_general_dilated(  # noqa: E731
+        x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return jax.jit(f).lower(x, kernel).compile().as_text().count("__ynn_fusion")

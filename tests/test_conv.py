@@ -11,6 +11,7 @@ import pytest
 
 from awn_jax import conv, runtime
 from awn_jax.models import LeNet3C1L, MobileNetV2
+from helpers import conv2_ynn_calls
 
 CASES = [
     # (input HW, channels, kernel, out, strides, padding, groups)
@@ -101,25 +102,15 @@ def test_xla_cpu_tuned_reads_the_flag_as_xla_does(monkeypatch, value, tuned):
     assert runtime.xla_cpu_tuned() is tuned
 
 
-_CONV2_YNN_CALLS = """
-import jax, jax.numpy as jnp
-x, kernel = jnp.zeros((8, 26, 26, 45)), jnp.zeros((3, 3, 45, 45))  # LeNet's conv2
-f = lambda x, k: jax.nn.relu(jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",
-                                                          dimension_numbers=("NHWC", "HWIO", "NHWC")))
-print(jax.jit(f).lower(x, kernel).compile().as_text().count("__ynn_fusion"))
-"""
-
-
-@pytest.mark.skipif(not runtime.xla_cpu_tuned(), reason="XLA:CPU tuned only on jaxlib 0.10.x")
+@pytest.mark.skipif(not runtime.xla_cpu_tuned() or jax.default_backend() != "cpu",
+                    reason="XLA:CPU tuned only on jaxlib 0.10.x")
 def test_the_tuned_flags_take_lenets_convolution_from_ynnpack_to_xla():
-    def ynn_calls(xla_flags):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
-        out = subprocess.run([sys.executable, "-c", _CONV2_YNN_CALLS], env=env, capture_output=True, text=True,
-                             timeout=120, check=True).stdout
-        return int(out.split()[-1])
-
-    assert ynn_calls("") >= 1  # XLA's default: YNNPACK convolves
-    assert ynn_calls(" ".join(runtime.XLA_CPU_FLAGS)) == 0
+    script = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import helpers;" \
+             " print(helpers.conv2_ynn_calls())"
+    untuned = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             check=True, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+    assert int(untuned.stdout.split()[-1]) >= 1  # XLA's default: YNNPACK convolves
+    assert conv2_ynn_calls() == 0  # this process runs tuned (tests/conftest.py), as the commands do
 
 
 @pytest.mark.parametrize("model,shape", [
