@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awn_jax import costs, data, evaluation, io
+from awn_jax import costs, data, evaluation, io, runtime
 from awn_jax.cascade import Cascade, confidence
 from awn_jax.report import figure_png
 from awn_jax.timing import median_seconds
@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=default, help="an AWN training workdir")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     args = parser.parse_args()
+    # Timed as the commands run (before the first JAX computation; docs/PERFORMANCE_NOTES.md).
+    runtime.tune_xla_cpu()
+    runtime.tune_host_allocator()
 
     run = evaluation.restore_run(args.workdir, args.step)
     test = data.open_data(run.config)[1]
