@@ -3,10 +3,10 @@
 On XLA's CPU backend (jaxlib 0.10) a convolution whose output is materialised, as
 training needs for BatchNorm statistics and the backward pass, runs through YNNPACK
 by default. Splitting the batch into chunks of 8 images made the LeNet AWN+RS train
-step 1.6x faster there (545 -> 846 images/s). With XLA's own convolutions (``runtime.tune_xla_cpu``, which the
-command-line entry points apply) the unsplit program is faster still, so the split
-is used only on a CPU without that setting (docs/PERFORMANCE_NOTES.md). The split
-computes the same function.
+step 1.6x faster there (545 -> 846 images/s). With XLA's own convolutions
+(``runtime.tune_xla_cpu``, which the command-line entry points apply) the unsplit
+program is faster still, so the split is used only on a CPU without that setting
+(docs/PERFORMANCE_NOTES.md). The split computes the same function.
 
 A model takes its lowering as one field (``conv_lowering``, passed to every conv
 layer), and :func:`training_lowering` is the one place that picks it per platform::

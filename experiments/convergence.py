@@ -147,7 +147,7 @@ def report(workroot: str, epochs: int) -> str:
     points = collect(workroot, epochs, os.path.join(out, "points.json"))
     if not points:
         raise SystemExit(f"no checkpoints under {workroot}/e{epochs}: train first (without --report_only).")
-    five_epoch_path = os.path.join(runner.results_dir("table2_fmnist"), "table2.csv")
+    five_epoch_path = os.path.join(runner.RESULTS, "table2_fmnist", "table2.csv")  # read only: no directory made
     five_epoch = []
     if os.path.exists(five_epoch_path):
         with open(five_epoch_path, newline="") as f:
