@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from awn_jax import conv, runtime
-from awn_jax.models import LeNet3C1L, MobileNetV2
+from awn_jax.config import lenet_config
+from awn_jax.models import LeNet3C1L, MobileNetV2, from_config
 from helpers import conv2_ynn_calls
 
 CASES = [
@@ -55,6 +56,56 @@ def test_training_lowering_splits_on_an_untuned_cpu_only_and_lowerings_hash_by_v
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="positive int chunk"):
             conv.BatchSplitConv(bad)
+
+
+TAP_CASES = [
+    # (input HW, kernel, outputs, strides, padding): the multiply-add form's own cases.
+    ((28, 28), (3, 3), 11, (1, 1), "VALID"),
+    ((11, 12), (3, 5), 16, (2, 2), "SAME"),
+    ((10, 9), (5, 3), 1, (2, 1), ((1, 2), (0, 1))),
+    ((7, 7), (2, 2), 9, (3, 3), "SAME"),
+]
+
+
+@pytest.mark.parametrize("hw,k,o,strides,padding", TAP_CASES)
+def test_one_channel_taps_equal_one_convolution_values_and_gradients(hw, k, o, strides, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, *hw, 1)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*k, 1, o)), jnp.float32)
+    taps = conv.OneChannelTaps(16)
+
+    def loss(lowering):
+        return lambda x, w: jnp.sum(jnp.sin(lowering(x, w, strides, padding)))
+
+    y = taps(x, kernel, strides, padding)
+    np.testing.assert_allclose(y, conv.conv2d(x, kernel, strides, padding), rtol=1e-5, atol=1e-5)
+    assert "convolution" not in jax.jit(lambda x, w: taps(x, w, strides, padding)).lower(x, kernel).as_text()
+    for a, b in zip(jax.grad(loss(taps), (0, 1))(x, kernel), jax.grad(loss(conv.conv2d), (0, 1))(x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,o,groups", [(1, 17, 1), (2, 4, 1), (4, 4, 4)], ids=["wide", "two-inputs", "depthwise"])
+def test_one_channel_taps_leave_every_other_convolution_to_conv2d(c, o, groups):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, c)), jnp.float32)
+    kernel = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, c // groups, o)), jnp.float32)
+    program = jax.jit(lambda x, w: conv.OneChannelTaps(16)(x, w, (1, 1), "SAME", groups)).lower(x, kernel).as_text()
+    assert "convolution" in program
+    np.testing.assert_array_equal(conv.OneChannelTaps(16)(x, kernel, (1, 1), "SAME", groups),
+                                  conv.conv2d(x, kernel, (1, 1), "SAME", groups))
+    for bad in (0, -3, 16.0, False):
+        with pytest.raises(ValueError, match="positive int max_features"):
+            conv.OneChannelTaps(bad)
+
+
+def test_inference_lowering_uses_taps_on_a_tuned_cpu_only_and_config_models_carry_it(monkeypatch):
+    backend = jax.default_backend()  # started before XLA_FLAGS changes below
+    monkeypatch.setenv("XLA_FLAGS", " ".join(runtime.XLA_CPU_FLAGS))
+    assert conv.inference_lowering("cpu") == conv.OneChannelTaps(16)
+    assert conv.inference_lowering("gpu") is conv.conv2d
+    assert conv.inference_lowering("tpu") is conv.conv2d
+    assert from_config(lenet_config("fashion_mnist"), 10).conv_lowering == conv.inference_lowering(backend)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert conv.inference_lowering("cpu") is conv.conv2d
 
 
 def test_tune_xla_cpu_adds_its_flags_once_and_never_overrides_the_users(monkeypatch):

@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from awn_jax import conv
 from awn_jax.models.common import PLAIN, VARIANTS, channel_sizes, variant_spec
 from awn_jax.models.lenet import LeNet3C1L
 from awn_jax.models.mobilenet_v2 import MobileNetV2, MobileNetV2ImageNet
@@ -26,6 +27,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def from_config(config: Any, num_classes: int) -> nn.Module:
-    """The model a run's config describes (``config.model``, ``variant``, ``model_args``)."""
+    """The model a run's config describes (``config.model``, ``variant``, ``model_args``).
+
+    It convolves with the platform's inference lowering (``conv.inference_lowering``);
+    training programs swap in the training lowering (``train.training_model``).
+    """
     kwargs = {k: v for k, v in config.model_args.items() if v is not None}
-    return create_model(config.model, variant=config.variant, num_classes=num_classes, **kwargs)
+    return create_model(config.model, variant=config.variant, num_classes=num_classes,
+                        conv_lowering=conv.inference_lowering(), **kwargs)

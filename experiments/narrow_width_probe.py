@@ -1,0 +1,91 @@
+"""Probe for issue 17, item 4: why LeNet inference at width 0.25 is hardly faster than at 0.5.
+
+    python -m experiments.narrow_width_probe [--rounds=2]
+
+Three tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians of
+10 calls after a warm-up):
+
+1. images/s at every channel count from 8 to 45 (width c / 45), with each lowering:
+   with XLA:CPU's whole-network YNNPACK fusion the speed is not monotonic in the width
+   (even counts, multiples of 4 above all, are fast);
+2. the first layer (one input channel) alone at 11, 22 and 45 outputs: a convolution
+   against the multiply-add form of ``conv.OneChannelTaps``;
+3. ``conv.conv2d`` against ``conv.inference_lowering()`` in the whole model at widths
+   1, 0.75, 0.5, 0.35 and 0.25, alternated per round, with w = 0.25 over w = 0.5.
+
+XLA:CPU is tuned as the commands tune it (``runtime.tune_xla_cpu``); run with
+``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` (every YNNPACK fusion off) to see
+the other profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from awn_jax import runtime
+
+runtime.tune_xla_cpu()  # before JAX starts its backend
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from awn_jax import conv  # noqa: E402
+from awn_jax.models import LeNet3C1L  # noqa: E402
+from awn_jax.timing import median_seconds  # noqa: E402
+from awn_jax.widths import num_channels  # noqa: E402
+
+BATCH = 1000
+WIDTHS = (1.0, 0.75, 0.5, 0.35, 0.25)
+
+
+def _rate(f, *args) -> float:
+    jax.block_until_ready(f(*args))
+    return BATCH / median_seconds(lambda: f(*args), 10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of table 3")
+    rounds = parser.parse_args().rounds
+    print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; XLA:CPU's own convolutions:"
+          f" {runtime.xla_cpu_tuned()}; XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(BATCH, 28, 28, 1)), jnp.float32)
+    plain = LeNet3C1L(conv_lowering=conv.conv2d)
+    tuned = plain.clone(conv_lowering=conv.inference_lowering())
+    variables = jax.jit(plain.init)(jax.random.key(0), x[:2])
+
+    def forward(model, width):
+        return jax.jit(lambda v, x: model.apply(v, x, width=width))
+
+    print(f"\n1. images/s per channel count (batch {BATCH})\n\n| channels | conv2d | {tuned.conv_lowering!r} |"
+          "\n|---|---|---|")
+    for c in range(8, 46):
+        width = c / 45
+        assert num_channels(width, 45) == c
+        print(f"| {c} | {_rate(forward(plain, width), variables, x):,.0f} |"
+              f" {_rate(forward(tuned, width), variables, x):,.0f} |", flush=True)
+
+    print("\n2. the first layer alone (28x28x1 -> c, 3x3 VALID), ms per batch\n\n"
+          "| outputs | convolution | multiply-adds |\n|---|---|---|")
+    taps = conv.OneChannelTaps(BATCH)  # multiply-adds at every output count
+    for c in (11, 22, 45):
+        kernel = jnp.asarray(np.random.default_rng(c).normal(size=(3, 3, 1, c)), jnp.float32)
+        ms = [1e3 * BATCH / _rate(jax.jit(f), x, kernel) for f in (conv.conv2d, taps)]
+        print(f"| {c} | {ms[0]:.1f} | {ms[1]:.1f} |", flush=True)
+
+    print(f"\n3. images/s per width, conv2d against {tuned.conv_lowering!r}\n\n"
+          "| round | lowering | " + " | ".join(f"w = {w:g}" for w in WIDTHS) + " | w = 0.25 / w = 0.5 |\n"
+          "|---|---|" + "---|" * (len(WIDTHS) + 1))
+    programs = {(name, w): forward(model, w) for name, model in (("conv2d", plain), ("inference", tuned))
+                for w in WIDTHS}
+    for r in range(rounds):
+        for name in ("conv2d", "inference"):
+            rates = {w: _rate(programs[name, w], variables, x) for w in WIDTHS}
+            print(f"| {r + 1} | {name} | " + " | ".join(f"{rates[w]:,.0f}" for w in WIDTHS) +
+                  f" | {rates[0.25] / rates[0.5]:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
