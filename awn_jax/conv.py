@@ -28,11 +28,13 @@ from typing import Any, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from awn_jax import runtime
 
-__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "training_lowering", "inference_lowering"]
+__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "BlockTriangular", "training_lowering",
+           "inference_lowering"]
 
 Array = Any
 Padding = str | Sequence[tuple[int, int]]
@@ -131,6 +133,61 @@ class OneChannelTaps:
         taps = (x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * kernel[i, j, 0]
                 for i in range(kh) for j in range(kw))
         return functools.reduce(operator.add, taps)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockTriangular:
+    """A triangular layer's convolution as output blocks that skip the mask's zero rows.
+
+    A triangular (AWN) kernel is about half zeros: output ``o`` reads only the first
+    ``prefix[o]`` inputs. The outputs are cut into ``blocks`` contiguous groups; each
+    group is convolved (by ``inner``) with only the input prefix its last output reads,
+    and the groups are concatenated. The values are the masked convolution's, summed
+    over fewer zero terms; :meth:`block_prefixes` gives the MACs computed. Triangular
+    layers call :meth:`triangular`; every other convolution goes to ``inner``.
+
+    It is not chosen by :func:`training_lowering` or :func:`inference_lowering`: on the
+    CPUs measured it was slower than one masked convolution
+    (``python -m awn_jax.bench --blocks``; docs/PERFORMANCE_NOTES.md).
+
+    Attributes:
+      blocks: output groups, a positive int (1: one convolution, as ``inner``).
+      inner: the lowering of each block's convolution.
+    """
+
+    blocks: int
+    inner: ConvLowering = conv2d
+
+    def __post_init__(self):
+        if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) or self.blocks < 1:
+            raise ValueError(f"BlockTriangular needs a positive int blocks, got {self.blocks!r}.")
+
+    def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                 padding: Padding = "VALID", groups: int = 1) -> Array:
+        return self.inner(x, kernel, strides, padding, groups)
+
+    def block_prefixes(self, prefix: Sequence[int]) -> list[tuple[int, int, int]]:
+        """``(first output, end output, inputs read)`` per non-empty block, for outputs reading ``prefix``."""
+        bounds = np.linspace(0, len(prefix), self.blocks + 1).round().astype(int)
+        return [(int(a), int(b), int(max(prefix[a:b]))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def triangular(self, x: Array, kernel: Array, prefix: Sequence[int], strides: Sequence[int] = (1, 1),
+                   padding: Padding = "VALID") -> Array:
+        """The convolution of ``x`` with ``kernel``, whose output ``o`` reads only the first ``prefix[o]`` inputs.
+
+        Args:
+          x: input ``(N, H, W, C)``.
+          kernel: ``(kh, kw, C, O)``, zero where an output reads past its prefix.
+          prefix: ``O`` input counts, each at most ``C``.
+          strides: window strides.
+          padding: as :func:`conv2d`'s.
+        """
+        if len(prefix) != kernel.shape[-1] or max(prefix) > x.shape[-1]:
+            raise ValueError(f"BlockTriangular: {len(prefix)} prefixes up to {max(prefix)} inputs do not fit a"
+                             f" kernel of {kernel.shape[-1]} outputs over {x.shape[-1]} inputs.")
+        parts = [self.inner(x[..., :r], kernel[..., :r, a:b], strides, padding)
+                 for a, b, r in self.block_prefixes(prefix)]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 def training_lowering(backend: str | None = None) -> ConvLowering:

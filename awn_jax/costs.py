@@ -26,12 +26,15 @@ class WidthCost:
     Attributes:
       width: the width factor.
       params: active trainable parameters (mask zeros excluded).
-      macs: multiply-accumulates of convs and dense layers per example.
+      macs: multiply-accumulates of convs and dense layers per example (mask zeros excluded).
+      computed_macs: the multiply-accumulates the program performs per example: AWN's
+        masked kernels multiply their zeros too, unless ``conv.BlockTriangular`` skips them.
     """
 
     width: float
     params: int
     macs: int
+    computed_macs: int
 
 
 def count_leaves(tree: Any) -> int:
@@ -50,7 +53,7 @@ def model_size_bytes(variables: Mapping[str, Any]) -> int:
 
 
 def sum_recorded(tree: Any, name: str) -> int:
-    """Sum of the counts named ``name`` (``"macs"`` or ``"params"``) in a ``costs`` collection."""
+    """Sum of the counts named ``name`` (``"macs"``, ``"computed_macs"`` or ``"params"``) in a ``costs`` collection."""
     total = 0
     for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if any(getattr(k, "key", None) == name for k in path):
@@ -79,7 +82,7 @@ def width_cost(
         recorded.update(state["costs"])
 
     jax.eval_shape(run, variables)
-    return WidthCost(width, sum_recorded(recorded, "params"), sum_recorded(recorded, "macs"))
+    return WidthCost(width, *(sum_recorded(recorded, name) for name in ("params", "macs", "computed_macs")))
 
 
 def width_costs(

@@ -6,8 +6,10 @@ to a program with the narrow shapes (and the narrow cost).
 
 Layers record two optional collections when the caller makes them mutable:
 
-* ``costs``: ``macs`` (multiply-accumulates per example) and ``params`` (active
-  parameters, mask zeros excluded) of each call;
+* ``costs``: ``macs`` (multiply-accumulates per example, mask zeros excluded),
+  ``computed_macs`` (those the program performs, zeros included unless a
+  ``conv.BlockTriangular`` lowering skips them) and ``params`` (active parameters,
+  mask zeros excluded) of each call;
 * ``batch_moments``: the batch mean and (unbiased) variance BatchNorm computed in
   train mode, for training and calibration code that updates statistics itself;
 * ``effective``: the arrays each call used (kernels sliced and masked, BatchNorm
@@ -31,7 +33,7 @@ import numpy as np
 from jax import lax
 
 from awn_jax import masks
-from awn_jax.conv import ConvLowering, conv2d
+from awn_jax.conv import BlockTriangular, ConvLowering, conv2d
 from awn_jax.widths import SNET_WIDTHS, num_channels, sorted_unique, validate_width
 
 __all__ = [
@@ -245,13 +247,19 @@ class _WidthLinear(nn.Module):
             _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
         return kernel, bias, weights
 
+    def _input_prefix(self, x: Array, width: float | None, first_new: int | None) -> tuple[int, ...]:
+        """How many leading active inputs each computed output of a masked layer reads."""
+        full_in, _, c_out = self._active_counts(x, width)
+        return masks.allowed_inputs(full_in, self.features)[first_new or 0:c_out]
+
     @property
     def _is_masked(self) -> bool:
         # A fixed side never changes, so it constrains nothing.
         return self.triangular and not (self.fixed_input or self.fixed_output)
 
-    def _finish(self, y: Array, bias: Array | None, macs: int) -> Array:
+    def _finish(self, y: Array, bias: Array | None, macs: int, computed_macs: int) -> Array:
         _record(self, "costs", "macs", macs)
+        _record(self, "costs", "computed_macs", computed_macs)
         if bias is not None:
             y = y + bias.astype(y.dtype)
         return y
@@ -301,9 +309,17 @@ class SlicedConv(_WidthLinear):
         kh, kw = _pairs(self.kernel_size, "kernel_size")
         kernel, bias, weights = self._sliced_kernel((kh, kw), x, width, first_new)
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-        y = self.conv_lowering(x.astype(dtype), kernel.astype(dtype), _pairs(self.strides, "strides"),
-                               _padding(self.padding))
-        return self._finish(y, bias, int(y.shape[1] * y.shape[2]) * weights)
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        conv_args = (_pairs(self.strides, "strides"), _padding(self.padding))
+        entries = kernel.shape[2] * kernel.shape[3]
+        if self._is_masked and isinstance(self.conv_lowering, BlockTriangular):
+            prefix = self._input_prefix(x, width, first_new)
+            y = self.conv_lowering.triangular(x, kernel, prefix, *conv_args)
+            entries = sum((b - a) * r for a, b, r in self.conv_lowering.block_prefixes(prefix))
+        else:
+            y = self.conv_lowering(x, kernel, *conv_args)
+        pixels = int(y.shape[1] * y.shape[2])
+        return self._finish(y, bias, pixels * weights, pixels * kh * kw * entries)
 
 
 class TriangularConv(SlicedConv):
@@ -337,7 +353,7 @@ class SlicedDense(_WidthLinear):
             x = x[..., first_new:]
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=len(spatial) + 1)
-        return self._finish(y, bias, weights)
+        return self._finish(y, bias, weights, int(np.prod(kernel.shape, dtype=np.int64)))
 
 
 class TriangularDense(SlicedDense):
@@ -403,7 +419,9 @@ class DepthwiseConv(nn.Module):
         if first_new is None:
             _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
         _record(self, "costs", "params", (kh * kw + self.use_bias) * (c - start))
-        _record(self, "costs", "macs", int(y.shape[1] * y.shape[2]) * kh * kw * (c - start))
+        macs = int(y.shape[1] * y.shape[2]) * kh * kw * (c - start)
+        _record(self, "costs", "macs", macs)
+        _record(self, "costs", "computed_macs", macs)
         return y
 
 

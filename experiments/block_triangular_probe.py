@@ -3,9 +3,10 @@
     python -m experiments.block_triangular_probe
 
 LeNet's conv2 shape (batch 128, 26x26x45 in, 3x3, 45 out, AWN mask). The masked conv
-computes every weight, half of them zero. The block-triangular form splits the outputs
-into G groups, each reading only the input prefix its outputs use, and concatenates
-them: fewer MACs. Prints, for G = 2, 3, 4, the MACs fraction and the forward and
+computes every weight, half of them zero. The block-triangular form
+(``conv.BlockTriangular``) splits the outputs into G groups, each reading only the input
+prefix its outputs use, and concatenates them: fewer MACs. ``python -m awn_jax.bench
+--blocks`` times it in the whole model. Prints, for G = 2, 3, 4, the MACs fraction and the forward and
 forward+backward times of both (medians of 10 calls, 3 alternated rounds, one run),
 after checking that both compute the same values.
 """
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 
 from awn_jax import masks
+from awn_jax.conv import BlockTriangular
 from awn_jax.timing import median_seconds
 
 B, H, C, K = 128, 26, 45, 3
@@ -33,15 +35,11 @@ def masked(mask):
 
 
 def block_triangular(mask: np.ndarray, groups: int):
-    """The masked conv as ``groups`` output blocks, each reading its inputs' prefix; and its MACs fraction."""
-    bounds = np.linspace(0, mask.shape[1], groups + 1).astype(int)
-    blocks = [(a, b, int(mask[:, a:b].any(axis=1).nonzero()[0].max()) + 1) for a, b in zip(bounds[:-1], bounds[1:])]
-
-    def f(x, w):
-        w = w * mask
-        return jax.numpy.concatenate([conv(x[..., :r], w[:, :, :r, a:b]) for a, b, r in blocks], axis=-1)
-
-    return f, sum((b - a) * r for a, b, r in blocks) / mask.size
+    """The masked conv as ``conv.BlockTriangular(groups)`` computes it; and its MACs fraction."""
+    lowering = BlockTriangular(groups)
+    prefix = masks.allowed_inputs(*mask.shape)
+    fraction = sum((b - a) * r for a, b, r in lowering.block_prefixes(prefix)) / mask.size
+    return lambda x, w: lowering.triangular(x, w * mask, prefix), fraction
 
 
 def _compiled(f, x, w, backward: bool):

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import conv, runtime
+from awn_jax import anytime, conv, costs, layers, masks, runtime
 from awn_jax.config import lenet_config
-from awn_jax.models import LeNet3C1L, MobileNetV2, from_config
-from helpers import conv2_ynn_calls
+from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet20, from_config
+from helpers import conv2_ynn_calls, random_variables
 
 CASES = [
     # (input HW, channels, kernel, out, strides, padding, groups)
@@ -164,29 +164,77 @@ def test_the_tuned_flags_take_lenets_convolution_from_ynnpack_to_xla():
     assert conv2_ynn_calls() == 0  # this process runs tuned (tests/conftest.py), as the commands do
 
 
+@pytest.mark.parametrize("lowering", [conv.BatchSplitConv(2), conv.BlockTriangular(3)], ids=["batch-split", "blocks"])
 @pytest.mark.parametrize("model,shape", [
     (LeNet3C1L(), (28, 28, 1)),
     (MobileNetV2(block_settings=((6, 12, 1, 2),), stem_channels=8, last_channels=32), (16, 16, 3)),
 ], ids=["lenet", "mobilenet_v2"])
-def test_a_batch_split_model_computes_the_same_function_with_the_same_variables(model, shape):
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
-    split = model.clone(conv_lowering=conv.BatchSplitConv(2))
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    assert jax.eval_shape(split.init, jax.random.key(0), x) == shapes
-    rng = np.random.default_rng(1)  # random variables without init's slow-compiling initialisers
-    variables = jax.tree.map(lambda s: jnp.asarray(0.5 + np.abs(rng.normal(size=s.shape)), s.dtype), shapes)
-    variables["params"] = jax.tree.map(lambda p: p * rng.choice([-0.3, 0.3], p.shape), variables["params"])
+def test_a_lowered_model_computes_the_same_function_with_the_same_variables(model, shape, lowering):
+    """Values and gradients in train mode, in float64: the same function, to its rounding.
 
-    def loss(m):
-        def f(params):
-            logits, _ = m.apply({**variables, "params": params}, x, width=0.6, train=True, mutable=["batch_stats"])
-            return jnp.sum(jnp.sin(logits))
-        return f
+    (In float32 the blocks' shorter sums differ from the masked convolution's by rounding
+    that the train-mode BatchNorms amplify to ~1e-5 of the loss.)
+    """
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float64)
+        lowered = model.clone(conv_lowering=lowering)
+        shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+        assert jax.eval_shape(lowered.init, jax.random.key(0), x) == shapes
+        rng = np.random.default_rng(1)  # random variables without init's slow-compiling initialisers
+        variables = jax.tree.map(lambda s: jnp.asarray(0.5 + np.abs(rng.normal(size=s.shape)), s.dtype), shapes)
+        variables["params"] = jax.tree.map(lambda p: p * rng.choice([-0.3, 0.3], p.shape), variables["params"])
 
-    logits = [jax.jit(lambda v, m=m: m.apply(v, x, width=0.6))(variables) for m in (split, model)]
-    np.testing.assert_allclose(*logits, rtol=1e-5, atol=1e-5)
-    (value, grads), (ref_value, ref_grads) = [jax.jit(jax.value_and_grad(loss(m)))(variables["params"])
-                                              for m in (split, model)]
-    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+        def loss(m):
+            def f(params):
+                logits, _ = m.apply({**variables, "params": params}, x, width=0.6, train=True,
+                                    mutable=["batch_stats"])
+                return jnp.sum(jnp.sin(logits))
+            return f
+
+        logits = [jax.jit(lambda v, m=m: m.apply(v, x, width=0.6))(variables) for m in (lowered, model)]
+        (value, grads), (ref_value, ref_grads) = [jax.jit(jax.value_and_grad(loss(m)))(variables["params"])
+                                                  for m in (lowered, model)]
+    assert logits[0].dtype == jnp.float64
+    np.testing.assert_allclose(*logits, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_block_triangular_convolves_each_output_block_with_its_input_prefix_only():
+    layer = layers.TriangularConv(6, in_features=6, padding="VALID", conv_lowering=conv.BlockTriangular(2))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 6)), jnp.float32)
+    variables = layer.init(jax.random.key(0), x, 1.0)
+    assert masks.allowed_inputs(6, 6) == (1, 2, 3, 4, 5, 6)
+    assert conv.BlockTriangular(2).block_prefixes((1, 2, 3, 4, 5, 6)) == [(0, 3, 3), (3, 6, 6)]
+    y, state = layer.apply(variables, x, 1.0, mutable=["costs"])
+    masked = layer.clone(conv_lowering=conv.conv2d)
+    np.testing.assert_allclose(y, masked.apply(variables, x, 1.0), rtol=1e-5, atol=1e-6)
+    # 9 pixels x 3x3 taps x (3 outputs reading 3 inputs + 3 reading 6) of the dense 6 x 6.
+    assert costs.sum_recorded(state["costs"], "computed_macs") == 9 * 9 * (3 * 3 + 3 * 6)
+    assert costs.sum_recorded(state["costs"], "macs") == 9 * 9 * sum(range(1, 7))
+    program = jax.jit(lambda v: layer.apply(v, x, 1.0)).lower(variables).as_text()
+    assert program.count("stablehlo.convolution") == 2 and "tensor<3x3x3x3xf32>" in program
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="positive int blocks"):
+            conv.BlockTriangular(bad)
+    with pytest.raises(ValueError, match="do not fit a kernel of 6 outputs over 4 inputs"):
+        conv.BlockTriangular(2).triangular(x[..., :4], jnp.zeros((3, 3, 4, 6)), (1, 2, 3, 4, 5, 6))
+
+
+@pytest.mark.parametrize("model,shape", [(LeNet3C1L(), (28, 28, 1)), (ResNet20(), (32, 32, 3)),
+                                         (MobileNetV2(), (32, 32, 3))], ids=["lenet", "resnet20", "mobilenet_v2"])
+def test_block_triangular_computes_fewer_macs_and_widens_exactly(model, shape):
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)))
+    masked = costs.width_cost(model, variables, shape, 1.0)
+    fractions = [costs.width_cost(model.clone(conv_lowering=conv.BlockTriangular(g)), variables, shape, 1.0)
+                 for g in (2, 4)]
+    assert all(c.macs == masked.macs for c in fractions)  # the useful MACs do not change
+    assert masked.macs < fractions[1].computed_macs < fractions[0].computed_macs < 0.8 * masked.computed_macs
+    if isinstance(model, LeNet3C1L):  # widening computes the new blocks only, and the same values
+        lowered = model.clone(conv_lowering=conv.BlockTriangular(3))
+        x = jnp.asarray(np.random.default_rng(2).normal(size=(2, *shape)), jnp.float32)
+        params = random_variables(model, x)
+        _, cache = anytime.run(lowered, params, x, 0.4)
+        out, _ = anytime.widen(lowered, params, x, cache, 0.9)
+        np.testing.assert_allclose(out, model.apply(params, x, width=0.9), rtol=1e-5, atol=1e-5)

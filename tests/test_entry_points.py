@@ -312,6 +312,15 @@ def test_the_benchmark_times_the_sweep_beside_one_full_width_pass_over_the_same_
     assert rows[1][2] == "1.00x |" and float(rows[0][1]) > 0
 
 
+def test_the_benchmark_times_the_block_triangular_lowering_beside_masked_convs(capsys):
+    from awn_jax.cli import bench
+
+    bench.blocks_table("lenet3c1l", repeats=1, rounds=1, block_counts=(1, 2))
+    rows = [line.split(" | ") for line in capsys.readouterr().out.strip().splitlines()[2:]]
+    assert [r[:2] for r in rows] == [["| one masked conv, round 1", "1.000"], ["| 2 blocks, round 1", "0.755"]]
+    assert all(float(rate.strip(" |").replace(",", "")) > 0 for r in rows for rate in r[2:])
+
+
 def test_every_command_tunes_xla_cpu_before_it_runs_unless_told_not_to(monkeypatch):
     from awn_jax.cli import common
 

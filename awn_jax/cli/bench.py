@@ -15,6 +15,9 @@ after warm-up:
   the compile time per width; for LeNet also the full sweep's compile time, and the
   accuracy sweep of every width beside one full-width pass over the same images; peak host memory;
 * with --anytime (alone): anytime widening w1 -> w2 against a direct pass at w2;
+* with --blocks (alone): the block-triangular lowering (``conv.BlockTriangular``, which
+  skips the triangle's zeros) against one masked convolution per layer: the MACs each
+  computes, the AWN+RS one-pass train step and inference at w = 1 and 0.5, alternated;
 * with --input (alone): the input pipeline alone (ImageNet JPEGs decoded and augmented,
   images/s at --image_size with each of --workers worker processes) beside the
   ImageNet MobileNetV2 train step's images/s on this device: which of the two bounds a run.
@@ -36,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from awn_jax import anytime, costs, data, evaluation, imagenet, input_pipeline, optim, runtime, sharding, steps, train
+from awn_jax import (anytime, conv, costs, data, evaluation, imagenet, input_pipeline, optim, runtime, sharding,
+                     steps, train)
 from awn_jax.cli import common
 from awn_jax.config import base_config
 from awn_jax.models import from_config
@@ -291,6 +295,48 @@ def anytime_table(model_name: str, batch: int, repeats: int) -> None:
               f" {macs / full:.2f} |")
 
 
+def blocks_table(model_name: str, repeats: int, rounds: int = 2, block_counts: Sequence[int] = (1, 2, 3, 4)) -> None:
+    """Prints ``conv.BlockTriangular`` against one masked convolution per layer (``blocks`` = 1).
+
+    Each row wraps the platform's own lowerings (``conv.training_lowering`` for the AWN+RS
+    one-pass train step at batch 128, ``conv.inference_lowering`` for inference at the
+    model's benchmark batch); ``rounds`` alternated rounds, each figure a median of
+    ``repeats`` calls.
+    """
+    bench = BENCHMARKED[model_name]
+    config = _train_config(model_name, "awn", "sandwich", True)
+    info, model, tx, state = _setup(config)
+    sizes = steps.model_sizes(model, info.image_shape)
+    batch = _random_batch(info)
+    images = data.preprocess(jnp.asarray(batch["image"]), info)
+    labels = jnp.asarray(batch["label"])
+    counts = steps.channel_counts(step_widths(config, 0), sizes.layers)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = jnp.zeros((bench.batch, *info.image_shape), jnp.float32)
+
+    def lowered(lowering, blocks):
+        return model.clone(conv_lowering=lowering if blocks == 1 else conv.BlockTriangular(blocks, lowering))
+
+    programs, computed = {}, {}
+    for blocks in block_counts:
+        step = train.one_pass_program(lowered(conv.training_lowering(), blocks), tx, config.widths.w_max,
+                                      sizes.features, model.bn_momentum, config.widths.distill)
+        inference = lowered(conv.inference_lowering(), blocks)
+        forward = {w: jax.jit(lambda v, x, w=w, m=inference: m.apply(v, x, width=w)) for w in (1.0, 0.5)}
+        programs[blocks] = [(lambda step=step: step(state, images, labels, counts)[1], 128)] + [
+            (lambda f=f: f(variables, x), bench.batch) for f in forward.values()]
+        computed[blocks] = costs.width_cost(inference, variables, info.image_shape, 1.0).computed_macs
+    print(f"\n| {bench.label}: triangular convs as | MACs computed at w = 1 | AWN+RS train step images/s |"
+          f" inference w = 1 images/s | inference w = 0.5 images/s |\n|---|---|---|---|---|")
+    for r in range(rounds):
+        for blocks, calls in programs.items():
+            rates = [n / median_seconds(call, repeats) for call, n in calls]
+            what = "one masked conv" if blocks == 1 else f"{blocks} blocks"
+            print(f"| {what}, round {r + 1} | {computed[blocks] / computed[block_counts[0]]:.3f} |"
+                  + " |".join(f" {rate:,.0f}" for rate in rates) + " |", flush=True)
+    _release_programs()
+
+
 def inference_table(model_name: str, repeats: int) -> None:
     """Prints inference images/s per width against w = 1, with the MACs ratio and compile times."""
     bench = BENCHMARKED[model_name]
@@ -384,6 +430,8 @@ def define_flags() -> flags.FlagValues:
     flags.register_validator("models", lambda names: bool(names) and set(names) <= set(BENCHMARKED),
                              f"--models takes a comma-separated list of {', '.join(BENCHMARKED)}", flag_values=fv)
     flags.DEFINE_bool("anytime", False, "Time anytime widening against direct passes only.", flag_values=fv)
+    flags.DEFINE_bool("blocks", False, "Time the block-triangular lowering against masked convs only.",
+                      flag_values=fv)
     flags.DEFINE_bool("input", False, "Time the ImageNet input pipeline against the train step only.",
                       flag_values=fv)
     flags.DEFINE_string("data_dir", None, "--input: TFDS directory holding imagenet2012 (default: generate).",
@@ -405,6 +453,10 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
     if args.anytime:
         for name in args.models:
             anytime_table(name, BENCHMARKED[name].batch, args.steps)
+        return 0
+    if args.blocks:
+        for name in args.models:
+            blocks_table(name, args.steps)
         return 0
     if args.input:
         try:
