@@ -1,7 +1,7 @@
 """Faults: SIGKILL at random moments (during saves too), SIGTERM/Ctrl-C, a failed save, NaN.
 
-The kill loop runs ``AWN_KILL_LOOP_ITERATIONS`` kills (3 here, to stay inside the
-test-time budget); for the long version, by hand:
+The kill loop runs ``AWN_KILL_LOOP_ITERATIONS`` kills (2 here, one at a random moment and
+one during a save, to stay inside the test-time budget); for the long version, by hand:
 
     AWN_KILL_LOOP_ITERATIONS=50 python -m pytest -q tests/test_faults.py -k kill
 """
@@ -27,7 +27,7 @@ from awn_jax.config import validate
 from helpers import fake_split, tiny_config, write_fake_fmnist
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
-ITERATIONS = int(os.environ.get("AWN_KILL_LOOP_ITERATIONS", "3"))
+ITERATIONS = int(os.environ.get("AWN_KILL_LOOP_ITERATIONS", "2"))
 STREAMED = ("--config.data.in_memory=False", "--config.data.threads=2")
 
 
