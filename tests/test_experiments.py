@@ -105,6 +105,39 @@ def test_convergence_sweeps_each_kept_checkpoint_once_and_tables_it_beside_the_p
     assert len((out / "convergence.csv").read_text().splitlines()) == 1 + 5
 
 
+def test_trained_widths_compares_a_fixed_width_runs_trained_widths_with_the_others(tmp_path, monkeypatch):
+    from awn_jax import checkpoints, io
+    from awn_jax.config import lenet_config
+    from experiments import trained_widths
+
+    config = lenet_config("fashion_mnist")
+    config.widths.mode, config.widths.fixed = "fixed", (1.0, 0.5)
+    checkpoints.save_config(str(tmp_path), config)
+    for epoch in (10, 20):
+        os.makedirs(os.path.join(io.checkpoints_dir(str(tmp_path)), str(epoch * (60000 // 128))))
+
+    def fake_sweep(workdir, *, step, throughput_repeats, write):
+        assert workdir == str(tmp_path) and throughput_repeats == 0 and not write
+        late = step == 20 * (60000 // 128)
+        return {"rows": [{"width": 0.25, "top1": 0.80, "reference_width": True},
+                         {"width": 0.3, "top1": 0.99},  # not a reference width: left out
+                         {"width": 0.5, "top1": 0.86, "reference_width": True},
+                         {"width": 0.75, "top1": 0.84 - 0.02 * late, "reference_width": True},
+                         {"width": 1.0, "top1": 0.90, "reference_width": True}]}
+
+    monkeypatch.setattr(trained_widths.sweep, "sweep", fake_sweep)
+    lines = trained_widths.table(str(tmp_path), [10, 20]).splitlines()
+    assert lines[0] == "| epoch | 0.25 | 0.5* | 0.75 | 1* | mean, trained* | mean, others | difference |"
+    assert lines[2:] == ["| 10 | 80.00 | 86.00 | 84.00 | 90.00 | 88.00 | 82.00 | 6.00 |",
+                         "| 20 | 80.00 | 86.00 | 82.00 | 90.00 | 88.00 | 81.00 | 7.00 |"]
+    with pytest.raises(ValueError, match="no checkpoint at epoch 5 "):
+        trained_widths.table(str(tmp_path), [5])
+    config.widths.mode = "sandwich"
+    checkpoints.save_config(str(tmp_path / "rs"), config)
+    with pytest.raises(ValueError, match="give a widths.mode=fixed run"):
+        trained_widths.table(str(tmp_path / "rs"), [10])
+
+
 def test_cascade_curve_counts_each_image_at_the_width_it_stops_at():
     import numpy as np
 
