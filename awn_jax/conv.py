@@ -73,6 +73,12 @@ def conv2d(
     )
 
 
+def _check_positive_int(lowering: Any, field: str) -> None:
+    value = getattr(lowering, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{type(lowering).__name__} needs a positive int {field}, got {value!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchSplitConv:
     """:func:`conv2d` computed ``chunk`` images at a time (same function, another program).
@@ -87,8 +93,7 @@ class BatchSplitConv:
     chunk: int
 
     def __post_init__(self):
-        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
-            raise ValueError(f"BatchSplitConv needs a positive int chunk, got {self.chunk!r}.")
+        _check_positive_int(self, "chunk")
 
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
@@ -117,8 +122,7 @@ class OneChannelTaps:
     max_features: int
 
     def __post_init__(self):
-        if isinstance(self.max_features, bool) or not isinstance(self.max_features, int) or self.max_features < 1:
-            raise ValueError(f"OneChannelTaps needs a positive int max_features, got {self.max_features!r}.")
+        _check_positive_int(self, "max_features")
 
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
@@ -159,8 +163,7 @@ class BlockTriangular:
     inner: ConvLowering = conv2d
 
     def __post_init__(self):
-        if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) or self.blocks < 1:
-            raise ValueError(f"BlockTriangular needs a positive int blocks, got {self.blocks!r}.")
+        _check_positive_int(self, "blocks")
 
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
