@@ -111,9 +111,12 @@ class OneChannelTaps:
     Such a convolution (the first layer of a grey-scale model at a narrow width) is
     ``kh * kw`` shifted copies of the image, each scaled by one kernel row and summed: XLA:CPU
     fuses that into one loop, where its convolution pays a large fixed cost. LeNet's conv1 at
-    11 outputs, batch 1000: 20.5 ms as a convolution, 1.3 ms as multiply-adds; above about 16
-    outputs XLA splits the sum into several loops and the convolution is faster again
-    (docs/PERFORMANCE_NOTES.md, "Narrow widths"). Every other convolution goes to :func:`conv2d`.
+    11 outputs, batch 1000: 15.7 ms as a convolution, 8.7 ms as multiply-adds
+    (``python -m experiments.narrow_width_probe``, table 2). Above about 16 outputs XLA
+    splits the sum into several loops and the convolution is faster again
+    (docs/PERFORMANCE_NOTES.md, "Narrow widths"). Only what was measured takes this form:
+    float32, kernels of at most 3x3, no negative padding. Every other convolution goes to
+    :func:`conv2d`.
 
     Attributes:
       max_features: the most outputs computed as multiply-adds, a positive int.
@@ -127,11 +130,12 @@ class OneChannelTaps:
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         kh, kw, c_in, c_out = kernel.shape
-        if groups != 1 or c_in != 1 or c_out > self.max_features:
-            return conv2d(x, kernel, strides, padding, groups)
         sh, sw = strides
         pads = (lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding) if isinstance(padding, str)
                 else [tuple(p) for p in padding])
+        if (groups != 1 or c_in != 1 or c_out > self.max_features or kh * kw > 9
+                or x.dtype != jnp.float32 or min(min(p) for p in pads) < 0):
+            return conv2d(x, kernel, strides, padding, groups)
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
         oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
         taps = (x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * kernel[i, j, 0]
@@ -147,8 +151,9 @@ class BlockTriangular:
     ``prefix[o]`` inputs. The outputs are cut into ``blocks`` contiguous groups; each
     group is convolved (by ``inner``) with only the input prefix its last output reads,
     and the groups are concatenated. The values are the masked convolution's, summed
-    over fewer zero terms; :meth:`block_prefixes` gives the MACs computed. Triangular
-    layers call :meth:`triangular`; every other convolution goes to ``inner``.
+    over fewer zero terms; :meth:`computed_entries` gives the MACs computed. Triangular
+    convs call :meth:`triangular` (triangular dense layers keep their masked kernel);
+    every other convolution goes to ``inner``.
 
     It is not chosen by :func:`training_lowering` or :func:`inference_lowering`: on the
     CPUs measured it was slower than one masked convolution
@@ -170,9 +175,20 @@ class BlockTriangular:
         return self.inner(x, kernel, strides, padding, groups)
 
     def block_prefixes(self, prefix: Sequence[int]) -> list[tuple[int, int, int]]:
-        """``(first output, end output, inputs read)`` per non-empty block, for outputs reading ``prefix``."""
+        """The blocks for outputs whose ``o``-th reads the first ``prefix[o]`` inputs.
+
+        Args:
+          prefix: a non-decreasing input count per output (``masks.allowed_inputs``).
+
+        Returns:
+          ``(first output, end output, inputs read)`` per non-empty block.
+        """
         bounds = np.linspace(0, len(prefix), self.blocks + 1).round().astype(int)
         return [(int(a), int(b), int(max(prefix[a:b]))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def computed_entries(self, prefix: Sequence[int]) -> int:
+        """Kernel entries per tap that the blocks multiply (the dense kernel has ``len(prefix) * inputs``)."""
+        return sum((b - a) * r for a, b, r in self.block_prefixes(prefix))
 
     def triangular(self, x: Array, kernel: Array, prefix: Sequence[int], strides: Sequence[int] = (1, 1),
                    padding: Padding = "VALID") -> Array:
@@ -184,10 +200,17 @@ class BlockTriangular:
           prefix: ``O`` input counts, each at most ``C``.
           strides: window strides.
           padding: as :func:`conv2d`'s.
+
+        Returns:
+          The output ``(N, H', W', O)``: the masked convolution's values.
+
+        Raises:
+          ValueError: ``prefix`` does not fit the kernel and input.
         """
-        if len(prefix) != kernel.shape[-1] or max(prefix) > x.shape[-1]:
-            raise ValueError(f"BlockTriangular: {len(prefix)} prefixes up to {max(prefix)} inputs do not fit a"
-                             f" kernel of {kernel.shape[-1]} outputs over {x.shape[-1]} inputs.")
+        if not prefix or len(prefix) != kernel.shape[-1] or kernel.shape[-2] != x.shape[-1] or max(prefix) > x.shape[-1]:
+            raise ValueError(f"BlockTriangular: {len(prefix)} prefixes up to {max(prefix, default=0)} inputs do not"
+                             f" fit a kernel of {kernel.shape[-1]} outputs over {kernel.shape[-2]} inputs and an"
+                             f" input of {x.shape[-1]} channels.")
         parts = [self.inner(x[..., :r], kernel[..., :r, a:b], strides, padding)
                  for a, b, r in self.block_prefixes(prefix)]
         return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
@@ -210,7 +233,9 @@ def inference_lowering(backend: str | None = None) -> ConvLowering:
 
     ``OneChannelTaps(16)`` on ``'cpu'`` with XLA's own convolutions
     (``runtime.xla_cpu_tuned()``), where it was measured faster at 9-16 outputs (the
-    LeNet at widths 0.2-0.35: 1.09-1.30x images/s); :func:`conv2d` elsewhere.
+    LeNet at widths 0.2-0.35: 1.09-1.34x images/s); :func:`conv2d` elsewhere. With no
+    ``backend`` it asks JAX for the default one, which starts JAX's backends: call
+    ``runtime.tune_xla_cpu()`` and ``jax.distributed.initialize`` before.
     """
     backend = jax.default_backend() if backend is None else backend
     return OneChannelTaps(16) if backend == "cpu" and runtime.xla_cpu_tuned() else conv2d

@@ -28,7 +28,8 @@ class WidthCost:
       params: active trainable parameters (mask zeros excluded).
       macs: multiply-accumulates of convs and dense layers per example (mask zeros excluded).
       computed_macs: the multiply-accumulates the program performs per example: AWN's
-        masked kernels multiply their zeros too, unless ``conv.BlockTriangular`` skips them.
+        masked kernels multiply their zeros too, except the convs' zeros that a
+        ``conv.BlockTriangular`` lowering skips.
     """
 
     width: float

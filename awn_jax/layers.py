@@ -315,7 +315,7 @@ class SlicedConv(_WidthLinear):
         if self._is_masked and isinstance(self.conv_lowering, BlockTriangular):
             prefix = self._input_prefix(x, width, first_new)
             y = self.conv_lowering.triangular(x, kernel, prefix, *conv_args)
-            entries = sum((b - a) * r for a, b, r in self.conv_lowering.block_prefixes(prefix))
+            entries = self.conv_lowering.computed_entries(prefix)
         else:
             y = self.conv_lowering(x, kernel, *conv_args)
         pixels = int(y.shape[1] * y.shape[2])

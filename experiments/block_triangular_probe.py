@@ -38,7 +38,7 @@ def block_triangular(mask: np.ndarray, groups: int):
     """The masked conv as ``conv.BlockTriangular(groups)`` computes it; and its MACs fraction."""
     lowering = BlockTriangular(groups)
     prefix = masks.allowed_inputs(*mask.shape)
-    fraction = sum((b - a) * r for a, b, r in lowering.block_prefixes(prefix)) / mask.size
+    fraction = lowering.computed_entries(prefix) / mask.size
     return lambda x, w: lowering.triangular(x, w * mask, prefix), fraction
 
 

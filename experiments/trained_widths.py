@@ -45,6 +45,9 @@ def table(workdir: str, epochs: Sequence[int]) -> str:
         result = sweep.sweep(workdir, step=step, throughput_repeats=0, write=False)
         rows.append((epoch, [(r["width"], 100 * r["top1"]) for r in result["rows"] if r.get("reference_width")]))
     widths = [w for w, _ in rows[0][1]]
+    if not trained & set(widths) or set(widths) <= trained:
+        raise ValueError(f"{workdir} trains {sorted(trained)}: nothing to compare among the reference widths"
+                         f" {widths}; it needs trained and untrained ones.")
     lines = ["| epoch | " + " | ".join(f"{w:.3g}{'*' if w in trained else ''}" for w in widths)
              + " | mean, trained* | mean, others | difference |", "|---|" + "---|" * (len(widths) + 3)]
     for epoch, points in rows:

@@ -61,8 +61,8 @@ def test_training_lowering_splits_on_an_untuned_cpu_only_and_lowerings_hash_by_v
 TAP_CASES = [
     # (input HW, kernel, outputs, strides, padding): the multiply-add form's own cases.
     ((28, 28), (3, 3), 11, (1, 1), "VALID"),
-    ((11, 12), (3, 5), 16, (2, 2), "SAME"),
-    ((10, 9), (5, 3), 1, (2, 1), ((1, 2), (0, 1))),
+    ((11, 12), (3, 3), 16, (2, 2), "SAME"),
+    ((10, 9), (1, 3), 1, (2, 1), ((1, 2), (0, 1))),
     ((7, 7), (2, 2), 9, (3, 3), "SAME"),
 ]
 
@@ -84,17 +84,32 @@ def test_one_channel_taps_equal_one_convolution_values_and_gradients(hw, k, o, s
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("c,o,groups", [(1, 17, 1), (2, 4, 1), (4, 4, 4)], ids=["wide", "two-inputs", "depthwise"])
-def test_one_channel_taps_leave_every_other_convolution_to_conv2d(c, o, groups):
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, c)), jnp.float32)
-    kernel = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, c // groups, o)), jnp.float32)
-    program = jax.jit(lambda x, w: conv.OneChannelTaps(16)(x, w, (1, 1), "SAME", groups)).lower(x, kernel).as_text()
+@pytest.mark.parametrize("c,o,groups,k,dtype,padding", [
+    (1, 17, 1, 3, jnp.float32, "SAME"), (2, 4, 1, 3, jnp.float32, "SAME"), (4, 4, 4, 3, jnp.float32, "SAME"),
+    (1, 4, 1, 5, jnp.float32, "SAME"), (1, 4, 1, 3, jnp.bfloat16, "SAME"), (1, 4, 1, 3, jnp.float32, ((-1, 1), (0, 0))),
+], ids=["wide", "two-inputs", "depthwise", "5x5", "bfloat16", "negative-padding"])
+def test_one_channel_taps_leave_every_other_convolution_to_conv2d(c, o, groups, k, dtype, padding):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, c)), dtype)
+    kernel = jnp.asarray(np.random.default_rng(1).normal(size=(k, k, c // groups, o)), dtype)
+    taps = conv.OneChannelTaps(16)
+    program = jax.jit(lambda x, w: taps(x, w, (1, 1), padding, groups)).lower(x, kernel).as_text()
     assert "convolution" in program
-    np.testing.assert_array_equal(conv.OneChannelTaps(16)(x, kernel, (1, 1), "SAME", groups),
-                                  conv.conv2d(x, kernel, (1, 1), "SAME", groups))
-    for bad in (0, -3, 16.0, False):
-        with pytest.raises(ValueError, match="positive int max_features"):
-            conv.OneChannelTaps(bad)
+    np.testing.assert_array_equal(taps(x, kernel, (1, 1), padding, groups),
+                                  conv.conv2d(x, kernel, (1, 1), padding, groups))
+
+
+def test_a_model_with_one_channel_taps_equals_the_convolution_at_narrow_widths_and_widens():
+    model = LeNet3C1L()
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 28, 28, 1)), jnp.float32)
+    variables = random_variables(model, x)
+    taps = model.clone(conv_lowering=conv.OneChannelTaps(16))
+    program = jax.jit(lambda v: taps.apply(v, x, width=0.25)).lower(variables).as_text()
+    assert program.count("stablehlo.convolution") == 2  # conv2 and conv3; conv1's 11 outputs are taps
+    np.testing.assert_allclose(taps.apply(variables, x, width=0.25), model.apply(variables, x, width=0.25),
+                               rtol=1e-5, atol=1e-5)
+    _, cache = anytime.run(taps, variables, x, 0.25)
+    out, _ = anytime.widen(taps, variables, x, cache, 0.3)  # conv1's 3 new outputs as taps
+    np.testing.assert_allclose(out, model.apply(variables, x, width=0.3), rtol=1e-5, atol=1e-5)
 
 
 def test_inference_lowering_uses_taps_on_a_tuned_cpu_only_and_config_models_carry_it(monkeypatch):
@@ -106,6 +121,9 @@ def test_inference_lowering_uses_taps_on_a_tuned_cpu_only_and_config_models_carr
     assert from_config(lenet_config("fashion_mnist"), 10).conv_lowering == conv.inference_lowering(backend)
     monkeypatch.setenv("XLA_FLAGS", "")
     assert conv.inference_lowering("cpu") is conv.conv2d
+    for bad in (0, -3, 16.0, False):
+        with pytest.raises(ValueError, match="positive int max_features"):
+            conv.OneChannelTaps(bad)
 
 
 def test_tune_xla_cpu_adds_its_flags_once_and_never_overrides_the_users(monkeypatch):

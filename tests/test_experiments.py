@@ -132,6 +132,10 @@ def test_trained_widths_compares_a_fixed_width_runs_trained_widths_with_the_othe
                          "| 20 | 80.00 | 86.00 | 82.00 | 90.00 | 88.00 | 81.00 | 7.00 |"]
     with pytest.raises(ValueError, match="no checkpoint at epoch 5 "):
         trained_widths.table(str(tmp_path), [5])
+    config.widths.fixed = (0.25, 0.5, 0.75, 1.0)  # every reference width trained: nothing to compare
+    checkpoints.save_config(str(tmp_path), config)
+    with pytest.raises(ValueError, match="it needs trained and untrained ones"):
+        trained_widths.table(str(tmp_path), [10])
     config.widths.mode = "sandwich"
     checkpoints.save_config(str(tmp_path / "rs"), config)
     with pytest.raises(ValueError, match="give a widths.mode=fixed run"):

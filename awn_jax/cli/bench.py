@@ -296,13 +296,21 @@ def anytime_table(model_name: str, batch: int, repeats: int) -> None:
 
 
 def blocks_table(model_name: str, repeats: int, rounds: int = 2, block_counts: Sequence[int] = (1, 2, 3, 4)) -> None:
-    """Prints ``conv.BlockTriangular`` against one masked convolution per layer (``blocks`` = 1).
+    """Prints ``conv.BlockTriangular`` against one masked convolution per layer.
 
     Each row wraps the platform's own lowerings (``conv.training_lowering`` for the AWN+RS
     one-pass train step at batch 128, ``conv.inference_lowering`` for inference at the
-    model's benchmark batch); ``rounds`` alternated rounds, each figure a median of
-    ``repeats`` calls.
+    model's benchmark batch).
+
+    Args:
+      model_name: a key of ``BENCHMARKED``.
+      repeats: calls per figure (their median).
+      rounds: alternated rounds over the rows.
+      block_counts: the rows' block counts; the first must be 1 (one masked conv), the
+        reference of the MACs column.
     """
+    if block_counts[0] != 1:
+        raise ValueError(f"blocks_table's first block count is the reference and must be 1, got {block_counts}.")
     bench = BENCHMARKED[model_name]
     config = _train_config(model_name, "awn", "sandwich", True)
     info, model, tx, state = _setup(config)
@@ -323,7 +331,7 @@ def blocks_table(model_name: str, repeats: int, rounds: int = 2, block_counts: S
                                       sizes.features, model.bn_momentum, config.widths.distill)
         inference = lowered(conv.inference_lowering(), blocks)
         forward = {w: jax.jit(lambda v, x, w=w, m=inference: m.apply(v, x, width=w)) for w in (1.0, 0.5)}
-        programs[blocks] = [(lambda step=step: step(state, images, labels, counts)[1], 128)] + [
+        programs[blocks] = [(lambda step=step: step(state, images, labels, counts)[1], labels.shape[0])] + [
             (lambda f=f: f(variables, x), bench.batch) for f in forward.values()]
         computed[blocks] = costs.width_cost(inference, variables, info.image_shape, 1.0).computed_macs
     print(f"\n| {bench.label}: triangular convs as | MACs computed at w = 1 | AWN+RS train step images/s |"
@@ -332,7 +340,7 @@ def blocks_table(model_name: str, repeats: int, rounds: int = 2, block_counts: S
         for blocks, calls in programs.items():
             rates = [n / median_seconds(call, repeats) for call, n in calls]
             what = "one masked conv" if blocks == 1 else f"{blocks} blocks"
-            print(f"| {what}, round {r + 1} | {computed[blocks] / computed[block_counts[0]]:.3f} |"
+            print(f"| {what}, round {r + 1} | {computed[blocks] / computed[1]:.3f} |"
                   + " |".join(f" {rate:,.0f}" for rate in rates) + " |", flush=True)
     _release_programs()
 
