@@ -62,16 +62,16 @@ def trained_runs(tmp_path_factory):
 
 def test_one_pass_sweep_equals_per_width_sweep(trained_runs, tmp_path):
     runs, splits = trained_runs
-    # On a 0.05 grid (and the reference's widths): the per-width sweep compiles one program per width.
+    # On a 0.1 grid (and the reference's widths): the per-width sweep compiles one program per width.
     workdir = tmp_path / "awn"
     shutil.copytree(runs["awn"], workdir)
     config = json.loads((workdir / "config.json").read_text())
-    config["sweep"]["grid_step"] = 0.05
+    config["sweep"]["grid_step"] = 0.1
     (workdir / "config.json").write_text(json.dumps(config))
     fast = sweep.sweep(str(workdir), splits=splits, write=False)
     slow = sweep.sweep(str(workdir), splits=splits, one_pass=False, write=False)
     assert fast["summary"]["one_pass"] and not slow["summary"]["one_pass"]
-    assert len(fast["rows"]) == len(slow["rows"]) >= 20
+    assert len(fast["rows"]) == len(slow["rows"]) >= 15
     for a, b in zip(fast["rows"], slow["rows"]):
         assert a["width"] == b["width"]
         assert a["top1"] == pytest.approx(b["top1"], abs=1 / 40 + 1e-9)  # at most one tie-flip
