@@ -456,7 +456,8 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
     """Prints the benchmark tables."""
     tuned = args.tune_allocator and runtime.tune_host_allocator()  # applied by common.run; says whether it took
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), {jax.devices()[0].device_kind};"
-          f" allocator tuned: {tuned}; XLA:CPU's own convolutions: {runtime.xla_cpu_tuned()}; JAX {jax.__version__};"
+          f" allocator tuned: {tuned}; XLA:CPU's own convolutions: {runtime.xla_cpu_tuned()}; conv lowerings:"
+          f" training {_name(conv.training_lowering())}, inference {_name(conv.inference_lowering())}; JAX {jax.__version__};"
           f" XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
     if args.anytime:
         for name in args.models:
@@ -503,6 +504,11 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
     if stats and "peak_bytes_in_use" in stats:
         print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**20:,.0f} MiB")
     return 0
+
+
+def _name(lowering: Any) -> str:
+    """A lowering as the reader knows it: a function's name, a lowering object's repr."""
+    return getattr(lowering, "__name__", None) or repr(lowering)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
