@@ -11,7 +11,10 @@ Three tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (media
 2. the first layer (one input channel) alone at 11, 22 and 45 outputs: a convolution
    against the multiply-add form of ``conv.OneChannelTaps``;
 3. ``conv.conv2d`` against ``conv.inference_lowering()`` in the whole model at widths
-   1, 0.75, 0.5, 0.35 and 0.25, alternated per round, with w = 0.25 over w = 0.5.
+   1, 0.75, 0.5, 0.35 and 0.25, alternated per round, with w = 0.25 over w = 0.5;
+4. a plain fixed-width LeNet (what ``awn_jax.export`` serves) with 40, 44, 45 and 48
+   channels, alternated per round: whether zero-padding a served model's 45 channels
+   to 48 would pay.
 
 XLA:CPU is tuned as the commands tune it (``runtime.tune_xla_cpu``); run with
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` (every YNNPACK fusion off) to see
@@ -85,6 +88,17 @@ def main() -> None:
             rates = {w: _rate(programs[name, w], variables, x) for w in WIDTHS}
             print(f"| {r + 1} | {name} | " + " | ".join(f"{rates[w]:,.0f}" for w in WIDTHS) +
                   f" | {rates[0.25] / rates[0.5]:.2f} |", flush=True)
+
+    print("\n4. a plain LeNet at full width, images/s by channel count\n\n| round | 40 | 44 | 45 | 48 |\n|---|---|---|---|---|")
+    plains = {}
+    for c in (40, 44, 45, 48):
+        model = LeNet3C1L(variant="plain", width_multiplier=c / 32, plain_width=1.0,
+                          conv_lowering=conv.inference_lowering())
+        plain_variables = jax.jit(model.init)(jax.random.key(0), x[:2])
+        assert plain_variables["params"]["conv2"]["kernel"].shape[-1] == c
+        plains[c] = (forward(model, 1.0), plain_variables)
+    for r in range(rounds):
+        print(f"| {r + 1} | " + " | ".join(f"{_rate(f, v, x):,.0f}" for f, v in plains.values()) + " |", flush=True)
 
 
 if __name__ == "__main__":
