@@ -4,7 +4,7 @@ Every layer holds its full-width parameters and runs on a channel prefix. The
 width is a static Python float: it selects static slices, so each width compiles
 to a program with the narrow shapes (and the narrow cost).
 
-Layers record two optional collections when the caller makes them mutable:
+Layers record three optional collections when the caller makes them mutable:
 
 * ``costs``: ``macs`` (multiply-accumulates per example, mask zeros excluded),
   ``computed_macs`` (those the program performs, zeros included unless a
