@@ -16,7 +16,8 @@ layer), and :func:`training_lowering` is the one place that picks it per platfor
 The variables are the same; only the programs differ. A lowering is a Flax module
 field, so it is hashable by value (Flax modules are static arguments of ``jit``).
 :func:`inference_lowering` picks the lowering of every other program (evaluation,
-prediction, serving): ``models.from_config`` builds models with it.
+prediction, serving): ``models.from_config`` builds models with :class:`PlatformInference`,
+which asks it when a program is traced.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from jax import lax
 from awn_jax import runtime
 
 __all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "BlockTriangular", "training_lowering",
-           "inference_lowering"]
+           "inference_lowering", "PlatformInference"]
 
 Array = Any
 Padding = str | Sequence[tuple[int, int]]
@@ -234,8 +235,22 @@ def inference_lowering(backend: str | None = None) -> ConvLowering:
     ``OneChannelTaps(16)`` on ``'cpu'`` with XLA's own convolutions
     (``runtime.xla_cpu_tuned()``), where it was measured faster at 9-16 outputs (the
     LeNet at widths 0.2-0.35: 1.09-1.34x images/s); :func:`conv2d` elsewhere. With no
-    ``backend`` it asks JAX for the default one, which starts JAX's backends: call
-    ``runtime.tune_xla_cpu()`` and ``jax.distributed.initialize`` before.
+    ``backend`` it asks JAX for the default one, which starts JAX's backends;
+    :class:`PlatformInference` asks only when a program is traced.
     """
     backend = jax.default_backend() if backend is None else backend
     return OneChannelTaps(16) if backend == "cpu" and runtime.xla_cpu_tuned() else conv2d
+
+
+@dataclasses.dataclass(frozen=True)
+class PlatformInference:
+    """:func:`inference_lowering`'s choice, made when a program is traced.
+
+    A model built with it starts no JAX backend (``jax.distributed.initialize`` and
+    ``runtime.tune_xla_cpu`` may still come after), and convolves as the platform that
+    runs the program is measured fastest.
+    """
+
+    def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                 padding: Padding = "VALID", groups: int = 1) -> Array:
+        return inference_lowering()(x, kernel, strides, padding, groups)

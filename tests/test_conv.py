@@ -118,12 +118,27 @@ def test_inference_lowering_uses_taps_on_a_tuned_cpu_only_and_config_models_carr
     assert conv.inference_lowering("cpu") == conv.OneChannelTaps(16)
     assert conv.inference_lowering("gpu") is conv.conv2d
     assert conv.inference_lowering("tpu") is conv.conv2d
-    assert from_config(lenet_config("fashion_mnist"), 10).conv_lowering == conv.inference_lowering(backend)
+    assert from_config(lenet_config("fashion_mnist"), 10).conv_lowering == conv.PlatformInference()
+    # It convolves as inference_lowering() does when the program is traced.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
+    kernel = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 1, 5)), jnp.float32)
+    program = jax.jit(lambda x, w: conv.PlatformInference()(x, w)).lower(x, kernel).as_text()
+    assert ("convolution" in program) == (conv.inference_lowering(backend) is conv.conv2d)
+    np.testing.assert_allclose(conv.PlatformInference()(x, kernel), conv.conv2d(x, kernel), rtol=1e-5, atol=1e-5)
     monkeypatch.setenv("XLA_FLAGS", "")
     assert conv.inference_lowering("cpu") is conv.conv2d
     for bad in (0, -3, 16.0, False):
         with pytest.raises(ValueError, match="positive int max_features"):
             conv.OneChannelTaps(bad)
+
+
+def test_building_a_model_from_a_config_starts_no_jax_backend():
+    """So that jax.distributed.initialize and runtime.tune_xla_cpu may still follow it."""
+    script = ("from awn_jax import runtime\nfrom awn_jax.config import lenet_config\n"
+              "from awn_jax.models import from_config\nfrom_config(lenet_config('fashion_mnist'), 10)\n"
+              "print(runtime.backend_started())")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == ["False"], run.stderr[-2000:]
 
 
 def test_tune_xla_cpu_adds_its_flags_once_and_never_overrides_the_users(monkeypatch):

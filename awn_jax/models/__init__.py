@@ -29,10 +29,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 def from_config(config: Any, num_classes: int) -> nn.Module:
     """The model a run's config describes (``config.model``, ``variant``, ``model_args``).
 
-    It convolves with the platform's inference lowering (``conv.inference_lowering``,
-    which starts JAX's backends); training programs swap in the training lowering
+    It convolves with the platform's inference lowering, chosen when a program is traced
+    (``conv.PlatformInference``); training programs swap in the training lowering
     (``train.training_model``).
     """
     kwargs = {k: v for k, v in config.model_args.items() if v is not None}
     return create_model(config.model, variant=config.variant, num_classes=num_classes,
-                        conv_lowering=conv.inference_lowering(), **kwargs)
+                        conv_lowering=conv.PlatformInference(), **kwargs)
