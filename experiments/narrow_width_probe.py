@@ -1,6 +1,6 @@
 """Probe for issue 17, item 4: why LeNet inference at width 0.25 is hardly faster than at 0.5.
 
-    python -m experiments.narrow_width_probe [--rounds=2]
+    python -m experiments.narrow_width_probe [--rounds=2] [--tables=1,2,3,4]
 
 Three tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians of
 10 calls after a warm-up):
@@ -12,9 +12,9 @@ Three tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (media
    against the multiply-add form of ``conv.OneChannelTaps``;
 3. ``conv.conv2d`` against ``conv.inference_lowering()`` in the whole model at widths
    1, 0.75, 0.5, 0.35 and 0.25, alternated per round, with w = 0.25 over w = 0.5;
-4. a plain fixed-width LeNet (what ``awn_jax.export`` serves) with 40, 44, 45 and 48
-   channels, alternated per round: whether zero-padding a served model's 45 channels
-   to 48 would pay.
+4. the model exported (``awn_jax.export``, a plain fixed-width LeNet) at widths 1, 0.75,
+   0.5 and 0.25, with its channel counts as the width sets them and padded to multiples
+   of 4 and of 8 (``channel_multiple``), alternated per round.
 
 XLA:CPU is tuned as the commands tune it (``runtime.tune_xla_cpu``); run with
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` (every YNNPACK fusion off) to see
@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from awn_jax import conv  # noqa: E402
+from awn_jax import conv, export  # noqa: E402
 from awn_jax.models import LeNet3C1L  # noqa: E402
 from awn_jax.timing import median_seconds  # noqa: E402
 from awn_jax.widths import num_channels  # noqa: E402
@@ -50,8 +50,10 @@ def _rate(f, *args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of table 3")
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of tables 3 and 4")
+    parser.add_argument("--tables", default="1,2,3,4", help="which tables to print")
+    args = parser.parse_args()
+    rounds, tables = args.rounds, {int(t) for t in args.tables.split(",")}
     print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; XLA:CPU's own convolutions:"
           f" {runtime.xla_cpu_tuned()}; XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
     x = jnp.asarray(np.random.default_rng(0).normal(size=(BATCH, 28, 28, 1)), jnp.float32)
@@ -62,43 +64,50 @@ def main() -> None:
     def forward(model, width):
         return jax.jit(lambda v, x: model.apply(v, x, width=width))
 
-    print(f"\n1. images/s per channel count (batch {BATCH})\n\n| channels | conv2d | {tuned.conv_lowering!r} |"
-          "\n|---|---|---|")
-    for c in range(8, 46):
-        width = c / 45
-        assert num_channels(width, 45) == c
-        print(f"| {c} | {_rate(forward(plain, width), variables, x):,.0f} |"
-              f" {_rate(forward(tuned, width), variables, x):,.0f} |", flush=True)
+    if 1 in tables:
+        print(f"\n1. images/s per channel count (batch {BATCH})\n\n| channels | conv2d | {tuned.conv_lowering!r} |"
+              "\n|---|---|---|")
+        for c in range(8, 46):
+            width = c / 45
+            assert num_channels(width, 45) == c
+            print(f"| {c} | {_rate(forward(plain, width), variables, x):,.0f} |"
+                  f" {_rate(forward(tuned, width), variables, x):,.0f} |", flush=True)
 
-    print("\n2. the first layer alone (28x28x1 -> c, 3x3 VALID), ms per batch\n\n"
-          "| outputs | convolution | multiply-adds |\n|---|---|---|")
-    taps = conv.OneChannelTaps(BATCH)  # multiply-adds at every output count
-    for c in (11, 22, 45):
-        kernel = jnp.asarray(np.random.default_rng(c).normal(size=(3, 3, 1, c)), jnp.float32)
-        ms = [1e3 * BATCH / _rate(jax.jit(f), x, kernel) for f in (conv.conv2d, taps)]
-        print(f"| {c} | {ms[0]:.1f} | {ms[1]:.1f} |", flush=True)
+    if 2 in tables:
+        print("\n2. the first layer alone (28x28x1 -> c, 3x3 VALID), ms per batch\n\n"
+              "| outputs | convolution | multiply-adds |\n|---|---|---|")
+        taps = conv.OneChannelTaps(BATCH)  # multiply-adds at every output count
+        for c in (11, 22, 45):
+            kernel = jnp.asarray(np.random.default_rng(c).normal(size=(3, 3, 1, c)), jnp.float32)
+            ms = [1e3 * BATCH / _rate(jax.jit(f), x, kernel) for f in (conv.conv2d, taps)]
+            print(f"| {c} | {ms[0]:.1f} | {ms[1]:.1f} |", flush=True)
 
-    print(f"\n3. images/s per width, conv2d against {tuned.conv_lowering!r}\n\n"
-          "| round | lowering | " + " | ".join(f"w = {w:g}" for w in WIDTHS) + " | w = 0.25 / w = 0.5 |\n"
-          "|---|---|" + "---|" * (len(WIDTHS) + 1))
-    programs = {(name, w): forward(model, w) for name, model in (("conv2d", plain), ("inference", tuned))
-                for w in WIDTHS}
-    for r in range(rounds):
-        for name in ("conv2d", "inference"):
-            rates = {w: _rate(programs[name, w], variables, x) for w in WIDTHS}
-            print(f"| {r + 1} | {name} | " + " | ".join(f"{rates[w]:,.0f}" for w in WIDTHS) +
-                  f" | {rates[0.25] / rates[0.5]:.2f} |", flush=True)
+    if 3 in tables:
+        print(f"\n3. images/s per width, conv2d against {tuned.conv_lowering!r}\n\n"
+              "| round | lowering | " + " | ".join(f"w = {w:g}" for w in WIDTHS) + " | w = 0.25 / w = 0.5 |\n"
+              "|---|---|" + "---|" * (len(WIDTHS) + 1))
+        programs = {(name, w): forward(model, w) for name, model in (("conv2d", plain), ("inference", tuned))
+                    for w in WIDTHS}
+        for r in range(rounds):
+            for name in ("conv2d", "inference"):
+                rates = {w: _rate(programs[name, w], variables, x) for w in WIDTHS}
+                print(f"| {r + 1} | {name} | " + " | ".join(f"{rates[w]:,.0f}" for w in WIDTHS) +
+                      f" | {rates[0.25] / rates[0.5]:.2f} |", flush=True)
 
-    print("\n4. a plain LeNet at full width, images/s by channel count\n\n| round | 40 | 44 | 45 | 48 |\n|---|---|---|---|---|")
-    plains = {}
-    for c in (40, 44, 45, 48):
-        model = LeNet3C1L(variant="plain", width_multiplier=c / 32, plain_width=1.0,
-                          conv_lowering=conv.inference_lowering())
-        plain_variables = jax.jit(model.init)(jax.random.key(0), x[:2])
-        assert plain_variables["params"]["conv2"]["kernel"].shape[-1] == c
-        plains[c] = (forward(model, 1.0), plain_variables)
-    for r in range(rounds):
-        print(f"| {r + 1} | " + " | ".join(f"{_rate(f, v, x):,.0f}" for f, v in plains.values()) + " |", flush=True)
+    if 4 in tables:
+        print("\n4. the exported model, images/s by channel multiple\n\n| round | width | channels, multiple 1 / 4 / 8"
+              " | multiple 1 | multiple 4 | multiple 8 |\n|---|---|---|---|---|---|")
+        exported = {}
+        for w in (1.0, 0.75, 0.5, 0.25):
+            for multiple in (1, 4, 8):
+                model, model_variables = export.export(plain, variables, (28, 28, 1), w, channel_multiple=multiple)
+                exported[w, multiple] = (jax.jit(model.apply), model_variables,
+                                         model_variables["params"]["conv2"]["kernel"].shape[-1])
+        for r in range(rounds):
+            for w in (1.0, 0.75, 0.5, 0.25):
+                rows = [exported[w, m] for m in (1, 4, 8)]
+                print(f"| {r + 1} | {w:g} | " + " / ".join(str(c) for _, _, c in rows) + " | "
+                      + " | ".join(f"{_rate(f, v, x):,.0f}" for f, v, _ in rows) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 
 from awn_jax import anytime, checkpoints, costs, export, layers, report
 from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet20
+from awn_jax.widths import num_channels
 from helpers import random_variables
 
 # A MobileNetV2 that compiles in seconds, with what matters: expansion, depthwise
@@ -186,12 +187,15 @@ def test_exported_lenet_equals_the_any_width_model(variant):
     shape = (28, 28, 1)
     variables = _randomised(model, shape)
     x = _images(shape)
-    for width in (0.3, 0.6, 1.0):
-        plain, plain_vars = export.export(model, variables, shape, width)
+    # AWN also with its channel counts padded to multiples of 8 (45 -> 48, 14 -> 16).
+    for width, multiple in ((0.3, 1), (0.6, 1), (1.0, 1), *(((0.3, 8), (1.0, 8)) if variant == "awn" else ())):
+        plain, plain_vars = export.export(model, variables, shape, width, channel_multiple=multiple)
         assert isinstance(plain, LeNet3C1L) and plain.variant == "plain" and plain.plain_width == width
         _assert_plain(plain, plain_vars, x)
+        active = num_channels(width, variables["params"]["conv2"]["kernel"].shape[-1])
+        assert plain_vars["params"]["conv2"]["kernel"].shape[-2:] == (-(-active // multiple) * multiple,) * 2
         _close(jax.jit(plain.apply)(plain_vars, x), model.apply(variables, x, width=width))
-        # Sliced to the active channels, masks folded: the stored non-zeros are the active params.
+        # Sliced to the active channels, masks folded, padding zero: the stored non-zeros are the active params.
         nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
         assert nonzeros == costs.width_cost(model, variables, shape, width).params
 
@@ -214,6 +218,14 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
                         sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()))
     assert sizes[0.35][0] < 0.3 * sizes[1.0][0]  # variables; on disk, orbax's fixed overhead remains
     assert sizes[0.35][1] < sizes[1.0][1]
+    # Channel counts padded to multiples of 8 (expansions, depthwise convs, residual sums): the same logits.
+    padded, padded_vars = export.export(model, variables, shape, 0.35, channel_multiple=8)
+    assert all(k.shape[-1] % 8 == 0 for path, k in jax.tree_util.tree_leaves_with_path(padded_vars["params"])
+               if path[-1].key == "kernel" and "classifier" not in jax.tree_util.keystr(path))
+    _close(jax.jit(padded.apply)(padded_vars, x), model.apply(variables, x, width=0.35))
+    export.save(padded, padded_vars, str(tmp_path / "padded"))
+    loaded, loaded_vars = export.load(str(tmp_path / "padded"))
+    assert loaded == padded and loaded.plain_channel_multiple == 8
     with pytest.raises(ValueError, match="not empty"):
         export.save(plain, plain_vars, str(tmp_path / "w1.0"))
     with pytest.raises(checkpoints.CheckpointError, match="no exported model"):

@@ -285,8 +285,13 @@ def test_the_plain_variant_is_a_fixed_width_model_not_a_training_choice():
     x = jnp.zeros((1, 28, 28, 1))
     with pytest.raises(ValueError, match="needs plain_width"):
         LeNet3C1L(variant=PLAIN).init(jax.random.key(0), x)
-    with pytest.raises(ValueError, match="plain_width is for the plain variant"):
+    with pytest.raises(ValueError, match="plain_width and plain_channel_multiple are for the plain variant"):
         LeNet3C1L(plain_width=0.5).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="plain_width and plain_channel_multiple are for the plain variant"):
+        LeNet3C1L(plain_channel_multiple=8).init(jax.random.key(0), x)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="plain_channel_multiple must be a positive int"):
+            LeNet3C1L(variant=PLAIN, plain_width=0.5, plain_channel_multiple=bad).init(jax.random.key(0), x)
     plain = LeNet3C1L(variant=PLAIN, width_multiplier=2**0.5, plain_width=0.5)
     variables = plain.init(jax.random.key(0), x)
     shapes = jax.tree.map(jnp.shape, variables)

@@ -37,6 +37,9 @@ def define_flags() -> flags.FlagValues:
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
     flags.DEFINE_enum("format", "flax", list(export.FORMATS), "flax: a plain Flax model (export.load);"
                       " stablehlo: a portable jax.export program.", flag_values=fv)
+    flags.DEFINE_integer("channel_multiple", 1, "Round every channel count up to a multiple of this, with zero"
+                         " channels (the same logits; aligned counts can run faster).", lower_bound=1,
+                         flag_values=fv)
     flags.mark_flags_as_required(["workdir", "width", "out"], flag_values=fv)
     return fv
 
@@ -47,13 +50,13 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
     io.check_new_directory(fv.out, "--out")
     run = evaluation.restore_run(fv.workdir, fv.step)
     if fv.format == "stablehlo":
-        meta = export.save_stablehlo(run.model, run.variables, run.info, fv.width, fv.out)
+        meta = export.save_stablehlo(run.model, run.variables, run.info, fv.width, fv.out, fv.channel_multiple)
         print(f"exported {meta['model']}/{meta['variant']} at width {fv.width:g} (step {run.step}) to"
               f" {fv.out}/model.stablehlo: {io.dir_bytes(fv.out) / 1024:.1f} KiB, {meta['macs_per_image'] / 1e6:.3f}"
               f" MMACs per image, for {', '.join(meta['platforms'])}; uint8 NHWC images in, logits out"
               " (model.json).")
         return 0
-    plain, variables = export.export(run.model, run.variables, run.info.image_shape, fv.width)
+    plain, variables = export.export(run.model, run.variables, run.info.image_shape, fv.width, fv.channel_multiple)
     export.save(plain, variables, fv.out)
     on_disk = io.dir_bytes(fv.out)
     print(f"exported {type(plain).__name__} at width {fv.width:g} (step {run.step}) to {fv.out}:"

@@ -139,14 +139,23 @@ class PlainSpec(VariantSpec):
     ``(h, w, c, classes)`` kernel flattened to ``(h * w * c, classes)``. Not a
     training choice: ``awn_jax.export`` fills it from a trained model.
 
+    With ``channel_multiple`` > 1 every count the width sets is rounded up to a multiple
+    of it: an export fills the added channels with zeros (zero kernels and biases, zero
+    BatchNorm scale), so they stay zero and the logits do not change, while a backend
+    that is faster at aligned counts runs faster (docs/PERFORMANCE_NOTES.md).
+
     Attributes:
       width: the width whose channel counts the layers have.
+      channel_multiple: the multiple the counts are rounded up to (1: as the width sets them).
     """
 
     width: float = 1.0
+    channel_multiple: int = 1
 
     def _active(self, features: int, fixed_output: bool = False) -> int:
-        return features if fixed_output else num_channels(self.width, features)
+        if fixed_output:
+            return features
+        return -(-num_channels(self.width, features) // self.channel_multiple) * self.channel_multiple
 
     def conv(self, features: int, **kwargs: Any) -> nn.Module:
         o = _options(layers.SlicedConv, kwargs)
@@ -176,6 +185,7 @@ def variant_spec(
     conv_lowering: ConvLowering = conv2d,
     plain_width: float | None = None,
     param_init: str = "he",
+    plain_channel_multiple: int = 1,
 ) -> VariantSpec:
     """Validates a model's variant arguments and resolves their defaults.
 
@@ -187,6 +197,8 @@ def variant_spec(
       conv_lowering: the conv layers' lowering (``awn_jax.conv``).
       plain_width: the ``plain`` variant's width (required for it, refused otherwise).
       param_init: the conv and dense layers' initialisation, one of ``layers.INITS``.
+      plain_channel_multiple: the ``plain`` variant's channel counts are rounded up to a
+        multiple of this (1 for every other variant).
 
     Returns:
       A :class:`VariantSpec`; for ``plain`` a :class:`PlainSpec`.
@@ -209,13 +221,17 @@ def variant_spec(
         )
     if variant == "snet" and not listed:
         raise ValueError("the snet variant needs at least one listed width in bn_widths.")
+    if isinstance(plain_channel_multiple, bool) or not isinstance(plain_channel_multiple, int) \
+            or plain_channel_multiple < 1:
+        raise ValueError(f"plain_channel_multiple must be a positive int, got {plain_channel_multiple!r}.")
     if variant == PLAIN:
         if plain_width is None:
             raise ValueError("the plain variant needs plain_width, the width whose channel counts it has.")
         return PlainSpec(PLAIN, float(width_multiplier), listed, conv_lowering,
-                         width=validate_width(plain_width, "plain_width"))
-    if plain_width is not None:
-        raise ValueError(f"plain_width is for the plain variant (an export), not {variant!r}.")
+                         width=validate_width(plain_width, "plain_width"), channel_multiple=plain_channel_multiple)
+    if plain_width is not None or plain_channel_multiple != 1:
+        raise ValueError(f"plain_width and plain_channel_multiple are for the plain variant (an export),"
+                         f" not {variant!r}.")
     return VariantSpec(variant, float(width_multiplier), listed, conv_lowering, param_init)
 
 

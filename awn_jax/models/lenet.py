@@ -38,6 +38,8 @@ class LeNet3C1L(nn.Module):
       conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
         program choice, e.g. ``conv.training_lowering()``; same values and variables).
       plain_width: the ``plain`` variant's width.
+      plain_channel_multiple: the ``plain`` variant's channel counts are rounded up to a
+        multiple of this, the added channels zero (``awn_jax.export``).
       param_init: conv and dense initialisation (``awn_jax.layers.INITS``): ``he`` (default)
         or ``reference`` (PyTorch's defaults).
     """
@@ -51,11 +53,12 @@ class LeNet3C1L(nn.Module):
     dtype: Any = None
     conv_lowering: ConvLowering = conv2d
     plain_width: float | None = None
+    plain_channel_multiple: int = 1
     param_init: str = "he"
 
     def setup(self):
         spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths, self.conv_lowering,
-                            self.plain_width, self.param_init)
+                            self.plain_width, self.param_init, self.plain_channel_multiple)
         c = spec.channels(self.base_channels)
         conv = dict(padding="VALID", dtype=self.dtype)
         norm = dict(momentum=self.bn_momentum, dtype=self.dtype)

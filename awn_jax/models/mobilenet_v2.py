@@ -96,6 +96,8 @@ class MobileNetV2(nn.Module):
       conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
         program choice, e.g. ``conv.training_lowering()``; same values and variables).
       plain_width: the ``plain`` variant's width.
+      plain_channel_multiple: the ``plain`` variant's channel counts are rounded up to a
+        multiple of this, the added channels zero (``awn_jax.export``).
       param_init: conv and dense initialisation (``awn_jax.layers.INITS``): ``he`` (default)
         or ``reference`` (PyTorch's defaults).
     """
@@ -112,11 +114,12 @@ class MobileNetV2(nn.Module):
     dtype: Any = None
     conv_lowering: ConvLowering = conv2d
     plain_width: float | None = None
+    plain_channel_multiple: int = 1
     param_init: str = "he"
 
     def setup(self):
         spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths, self.conv_lowering,
-                            self.plain_width, self.param_init)
+                            self.plain_width, self.param_init, self.plain_channel_multiple)
         norm = dict(momentum=self.bn_momentum, dtype=self.dtype)
         channels = spec.channels(self.stem_channels)
         conv = dict(use_bias=False, dtype=self.dtype)

@@ -125,6 +125,8 @@ class ResNet(nn.Module):
       conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
         program choice, e.g. ``conv.training_lowering()``; same values and variables).
       plain_width: the ``plain`` variant's width.
+      plain_channel_multiple: the ``plain`` variant's channel counts are rounded up to a
+        multiple of this, the added channels zero (``awn_jax.export``).
       param_init: conv and dense initialisation (``awn_jax.layers.INITS``): ``he`` (default)
         or ``reference`` (PyTorch's defaults).
     """
@@ -142,6 +144,7 @@ class ResNet(nn.Module):
     dtype: Any = None
     conv_lowering: ConvLowering = conv2d
     plain_width: float | None = None
+    plain_channel_multiple: int = 1
     param_init: str = "he"
 
     def setup(self):
@@ -151,7 +154,7 @@ class ResNet(nn.Module):
                 " must list the same number of stages."
             )
         spec = variant_spec(self.variant, self.width_multiplier, self.bn_widths, self.conv_lowering,
-                            self.plain_width, self.param_init)
+                            self.plain_width, self.param_init, self.plain_channel_multiple)
         channels = spec.channels(self.stem_channels)
         k = 7 if self.imagenet_stem else 3
         self.stem = spec.conv(channels, kernel_size=(k, k), strides=2 if self.imagenet_stem else 1, padding=k // 2,
