@@ -80,6 +80,8 @@ def test_refusals_are_one_line_and_leave_every_file_as_it_was(finished, tmp_path
         (("awn_jax.export", f"--workdir={workdir}", "--width=0.5", "--out=/proc/exported"),
          ["cannot create a directory in /proc"]),
         (("awn_jax.export", f"--workdir={workdir}", "--width=0.5", f"--out={a_file}/sub"), ["which is a file"]),
+        (("awn_jax.export", f"--workdir={workdir}", "--width=0.5", f"--out={tmp_path / 'out'}", "--channel_multiple=0"),
+         ["--channel_multiple=0", "not a positive integer"]),
         (("awn_jax.data", "fashion_mnist", f"--data_dir={a_file}"), ["data directory", "is a file"]),
         (("awn_jax.main", *finished[1], f"--config.data_dir={a_file}", f"--workdir={tmp_path / 'new'}"),
          ["data directory", "is a file"]),
