@@ -247,8 +247,9 @@ class PlatformInference:
     """:func:`inference_lowering`'s choice, made when a program is traced.
 
     A model built with it starts no JAX backend (``jax.distributed.initialize`` and
-    ``runtime.tune_xla_cpu`` may still come after), and convolves as the platform that
-    runs the program is measured fastest.
+    ``runtime.tune_xla_cpu`` may still come after). Each program convolves as
+    :func:`inference_lowering` picks for JAX's default backend when it is traced; a
+    traced program keeps its choice.
     """
 
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),

@@ -66,7 +66,8 @@ def _padded(value: Any, shape: Sequence[int], fill: float) -> Any:
         spatial = int(np.prod(value.shape[:-2]))
         shape = (*value.shape[:-2], shape[0] // spatial, shape[1])
     if len(shape) != value.ndim or any(v > t for v, t in zip(value.shape, shape)):
-        return value  # not a padded layer: the reshape and the structure check below decide
+        raise ValueError(f"an array of shape {value.shape} does not fit the plain model's {tuple(shape)};"
+                         " was the plain model built from the same fields?")
     return jnp.pad(value, [(0, t - v) for v, t in zip(value.shape, shape)], constant_values=fill)
 
 
@@ -124,7 +125,7 @@ def export(model: nn.Module, variables: Any, image_shape: Sequence[int], width: 
 
     Returns:
       ``(plain_model, plain_variables)``: the same model class with variant ``plain``
-      at ``width``; ``plain_model.apply(plain_variables, x)`` equals
+      at ``width`` (its channel counts padded with zero channels to ``channel_multiple``); ``plain_model.apply(plain_variables, x)`` equals
       ``model.apply(variables, x, width=width)`` in eval mode.
     """
     if type(model) not in MODELS.values():
@@ -135,6 +136,8 @@ def export(model: nn.Module, variables: Any, image_shape: Sequence[int], width: 
     if model.variant == PLAIN:
         raise ValueError(f"this {type(model).__name__} is already a plain model (width {model.plain_width}).")
     width = validate_width(width)
+    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
+        raise ValueError(f"channel_multiple must be a positive int, got {channel_multiple!r}.")
     spec = variant_spec(model.variant, model.width_multiplier, model.bn_widths)
     plain = model.clone(variant=PLAIN, width_multiplier=spec.multiplier, bn_widths=None, plain_width=width,
                         plain_channel_multiple=channel_multiple, conv_lowering=conv2d)
@@ -245,8 +248,8 @@ def save_stablehlo(any_width: nn.Module, any_width_variables: dict, info: data.D
 
     Returns:
       The ``model.json`` contents: input shape, dtype and layout, the normalisation done
-      inside, output, class names, width, channel counts (padded ones included), MACs and
-      parameters per image (of the width itself).
+      inside, output, class names, width, channel counts (as padded) and the multiple, MACs
+      and parameters per image (of the width itself, padding excluded).
 
     Raises:
       ValueError: ``directory`` exists and is not empty (nothing is overwritten).
@@ -266,7 +269,8 @@ def save_stablehlo(any_width: nn.Module, any_width_variables: dict, info: data.D
         "output": {"shape": [None, info.num_classes], "dtype": "float32", "meaning": "logits"},
         "class_names": list(info.class_names), "dataset": info.name,
         "model": type(any_width).__name__, "variant": any_width.variant, "width": width,
-        "channels": channel_sizes(variables["params"]), "macs_per_image": cost.macs,
+        "channels": channel_sizes(variables["params"]), "channel_multiple": channel_multiple,
+        "macs_per_image": cost.macs,
         "params": cost.params, "jax_version": jax.__version__,
     }
     text = json.dumps(meta, indent=1)  # before writing anything

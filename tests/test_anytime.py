@@ -223,6 +223,8 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
     assert all(k.shape[-1] % 8 == 0 for path, k in jax.tree_util.tree_leaves_with_path(padded_vars["params"])
                if path[-1].key == "kernel" and "classifier" not in jax.tree_util.keystr(path))
     _close(jax.jit(padded.apply)(padded_vars, x), model.apply(variables, x, width=0.35))
+    nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(padded_vars["params"]))
+    assert nonzeros == costs.width_cost(model, variables, shape, 0.35).params
     export.save(padded, padded_vars, str(tmp_path / "padded"))
     loaded, loaded_vars = export.load(str(tmp_path / "padded"))
     assert loaded == padded and loaded.plain_channel_multiple == 8
@@ -232,6 +234,9 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
         export.load(str(tmp_path))
     with pytest.raises(ValueError, match="already a plain model"):
         export.export(plain, plain_vars, shape, 0.5)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="channel_multiple must be a positive int"):
+            export.export(model, variables, shape, 0.5, channel_multiple=bad)
 
 
 # S-Net: sliced convs and a switchable BatchNorm; the other baselines' layers export through the
@@ -247,13 +252,15 @@ def test_exported_baseline_mobilenet_v2_equals_the_any_width_model(variant):
     _close(plain.apply(plain_vars, x), model.apply(variables, x, width=0.3))
 
 
-def test_exported_resnet20_equals_the_any_width_model():
+@pytest.mark.parametrize("multiple", [1, 8])  # 8: projections and residual sums over padded channels
+def test_exported_resnet20_equals_the_any_width_model(multiple):
     model, shape = RESNET
     variables = _randomised(model, shape)
     x = _images(shape, n=2)
-    plain, plain_vars = export.export(model, variables, shape, 0.4)
+    plain, plain_vars = export.export(model, variables, shape, 0.4, channel_multiple=multiple)
     _assert_plain(plain, plain_vars, x)
     assert isinstance(plain, ResNet20) and plain.variant == "plain"
+    assert all(k.shape[-1] % multiple == 0 for k in jax.tree.leaves(plain_vars["params"]) if k.ndim == 4)
     _close(jax.jit(plain.apply)(plain_vars, x), model.apply(variables, x, width=0.4))
     nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
     assert nonzeros == costs.width_cost(model, variables, shape, 0.4).params

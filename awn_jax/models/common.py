@@ -140,9 +140,10 @@ class PlainSpec(VariantSpec):
     training choice: ``awn_jax.export`` fills it from a trained model.
 
     With ``channel_multiple`` > 1 every count the width sets is rounded up to a multiple
-    of it: an export fills the added channels with zeros (zero kernels and biases, zero
-    BatchNorm scale), so they stay zero and the logits do not change, while a backend
-    that is faster at aligned counts runs faster (docs/PERFORMANCE_NOTES.md).
+    of it, and the variables' shapes with it: an export fills the added channels so that
+    they stay zero (zero kernels, biases and BatchNorm scales, unit variances) and the
+    logits do not change, while a backend that is faster at aligned counts runs faster
+    (docs/PERFORMANCE_NOTES.md).
 
     Attributes:
       width: the width whose channel counts the layers have.
