@@ -208,7 +208,8 @@ class BlockTriangular:
         Raises:
           ValueError: ``prefix`` does not fit the kernel and input.
         """
-        if not prefix or len(prefix) != kernel.shape[-1] or kernel.shape[-2] != x.shape[-1] or max(prefix) > x.shape[-1]:
+        c_in, c_out = kernel.shape[-2:]
+        if not prefix or len(prefix) != c_out or c_in != x.shape[-1] or max(prefix) > c_in:
             raise ValueError(f"BlockTriangular: {len(prefix)} prefixes up to {max(prefix, default=0)} inputs do not"
                              f" fit a kernel of {kernel.shape[-1]} outputs over {kernel.shape[-2]} inputs and an"
                              f" input of {x.shape[-1]} channels.")
@@ -223,7 +224,7 @@ def training_lowering(backend: str | None = None) -> ConvLowering:
     ``BatchSplitConv(8)`` on ``'cpu'`` when XLA:CPU convolves with YNNPACK (its default),
     :func:`conv2d` with XLA's own convolutions (``runtime.xla_cpu_tuned()``) and on
     accelerators; each measured fastest where it is used (docs/PERFORMANCE_NOTES.md).
-    Inference keeps :func:`conv2d` on every platform.
+    Inference programs take :func:`inference_lowering`'s.
     """
     backend = jax.default_backend() if backend is None else backend
     return BatchSplitConv(8) if backend == "cpu" and not runtime.xla_cpu_tuned() else conv2d

@@ -127,8 +127,9 @@ def export(model: nn.Module, variables: Any, image_shape: Sequence[int], width: 
 
     Returns:
       ``(plain_model, plain_variables)``: the same model class with variant ``plain``
-      at ``width`` (its channel counts padded with zero channels to ``channel_multiple``); ``plain_model.apply(plain_variables, x)`` equals
-      ``model.apply(variables, x, width=width)`` in eval mode.
+      at ``width`` (its channel counts padded with zero channels to ``channel_multiple``);
+      ``plain_model.apply(plain_variables, x)`` equals ``model.apply(variables, x, width=width)``
+      in eval mode.
     """
     if type(model) not in MODELS.values():
         raise ValueError(
@@ -138,9 +139,9 @@ def export(model: nn.Module, variables: Any, image_shape: Sequence[int], width: 
     if model.variant == PLAIN:
         raise ValueError(f"this {type(model).__name__} is already a plain model (width {model.plain_width}).")
     width = validate_width(width)
-    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
-        raise ValueError(f"channel_multiple must be a positive int, got {channel_multiple!r}.")
     spec = variant_spec(model.variant, model.width_multiplier, model.bn_widths)
+    # The plain model's own checks, before the forward pass below.
+    variant_spec(PLAIN, spec.multiplier, None, plain_width=width, plain_channel_multiple=channel_multiple)
     plain = model.clone(variant=PLAIN, width_multiplier=spec.multiplier, bn_widths=None, plain_width=width,
                         plain_channel_multiple=channel_multiple, conv_lowering=conv2d)
     x = jnp.zeros((1, *image_shape), jnp.float32)

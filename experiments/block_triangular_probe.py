@@ -6,9 +6,9 @@ LeNet's conv2 shape (batch 128, 26x26x45 in, 3x3, 45 out, AWN mask). The masked 
 computes every weight, half of them zero. The block-triangular form
 (``conv.BlockTriangular``) splits the outputs into G groups, each reading only the input
 prefix its outputs use, and concatenates them: fewer MACs. ``python -m awn_jax.bench
---blocks`` times it in the whole model. Prints, for G = 2, 3, 4, the MACs fraction and the forward and
-forward+backward times of both (medians of 10 calls, 3 alternated rounds, one run),
-after checking that both compute the same values.
+--blocks`` times it in the whole model. Prints, for G = 2, 3, 4, the MACs fraction and
+the forward and forward+backward times of both (medians of 10 calls, 3 alternated
+rounds, one run), after checking that both compute the same values.
 """
 
 from __future__ import annotations

@@ -457,7 +457,8 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
     tuned = args.tune_allocator and runtime.tune_host_allocator()  # applied by common.run; says whether it took
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), {jax.devices()[0].device_kind};"
           f" allocator tuned: {tuned}; XLA:CPU's own convolutions: {runtime.xla_cpu_tuned()}; conv lowerings:"
-          f" training {_name(conv.training_lowering())}, inference {_name(conv.inference_lowering())}; JAX {jax.__version__};"
+          f" training {_name(conv.training_lowering())}, inference {_name(conv.inference_lowering())};"
+          f" JAX {jax.__version__};"
           f" XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
     if args.anytime:
         for name in args.models:
