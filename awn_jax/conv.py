@@ -14,7 +14,9 @@ layer), and :func:`training_lowering` is the one place that picks it per platfor
     train_model = model.clone(conv_lowering=conv.training_lowering())
 
 The variables are the same; only the programs differ. A lowering is a Flax module
-field, so it is hashable by value (Flax modules are static arguments of ``jit``).
+field, so it is hashable by value (Flax modules are static arguments of ``jit``). A
+lowering with a ``max_pool_2x2`` method also picks the form of the model's 2x2 max-pools
+(``pooling.max_pool_2x2``).
 :func:`inference_lowering` picks the lowering of every other program (evaluation,
 prediction, serving): ``models.from_config`` builds models with :class:`PlatformInference`,
 which asks it when a program is traced.
@@ -32,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from awn_jax import runtime
+from awn_jax import pooling, runtime
 
-__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "BlockTriangular", "training_lowering",
-           "inference_lowering", "PlatformInference"]
+__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "BlockTriangular", "XlaCpuInference",
+           "training_lowering", "inference_lowering", "PlatformInference"]
 
 Array = Any
 Padding = str | Sequence[tuple[int, int]]
@@ -175,6 +177,10 @@ class BlockTriangular:
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         return self.inner(x, kernel, strides, padding, groups)
 
+    def max_pool_2x2(self, x: Array) -> Array:
+        """Pools as ``inner`` does (``pooling.max_pool_2x2``)."""
+        return pooling.max_pool_2x2(x, self.inner)
+
     def block_prefixes(self, prefix: Sequence[int]) -> list[tuple[int, int, int]]:
         """The blocks for outputs whose ``o``-th reads the first ``prefix[o]`` inputs.
 
@@ -230,17 +236,47 @@ def training_lowering(backend: str | None = None) -> ConvLowering:
     return BatchSplitConv(8) if backend == "cpu" and not runtime.xla_cpu_tuned() else conv2d
 
 
+@dataclasses.dataclass(frozen=True)
+class XlaCpuInference:
+    """Inference programs on XLA:CPU with its own convolutions: the forms measured fastest there.
+
+    Convolutions go to ``taps``. A float32 2x2 max-pool (``pooling.max_pool_2x2``) over an
+    even count of channels from 18 to 24, or a multiple of 4 from 28, is a reduction
+    (``pooling.reshape_max``), which XLA:CPU fuses with the convolution before it into one
+    YNNPACK call, fast at those counts; at every other count it is ``pooling.strided_max``,
+    which XLA runs with its own convolution. LeNet at batch 1000, images/s strided / reshape
+    (``python -m experiments.narrow_width_probe --tables=5``, docs/PERFORMANCE_NOTES.md): 45
+    channels (w = 1) 1.24-1.28x, 34 (w = 0.75) 1.07-1.09x, 11 (w = 0.25) 1.09-1.10x; 22
+    (w = 0.5) 0.76-0.77x, 44 0.86x.
+
+    Attributes:
+      taps: the convolutions' lowering.
+    """
+
+    taps: OneChannelTaps = OneChannelTaps(16)
+
+    def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                 padding: Padding = "VALID", groups: int = 1) -> Array:
+        return self.taps(x, kernel, strides, padding, groups)
+
+    def max_pool_2x2(self, x: Array) -> Array:
+        """2x2/2 max-pool of NHWC ``x`` in the form measured faster at its channel count."""
+        c = x.shape[-1]
+        fused = x.dtype != jnp.float32 or (c >= 18 and c % 2 == 0 and (c <= 24 or c % 4 == 0))
+        return pooling.reshape_max(x) if fused else pooling.strided_max(x)
+
+
 def inference_lowering(backend: str | None = None) -> ConvLowering:
     """The conv lowering for inference programs on ``backend`` (default: JAX's default backend).
 
-    ``OneChannelTaps(16)`` on ``'cpu'`` with XLA's own convolutions
-    (``runtime.xla_cpu_tuned()``), where it was measured faster at 9-16 outputs (the
-    LeNet at widths 0.2-0.35: 1.09-1.34x images/s); :func:`conv2d` elsewhere. With no
-    ``backend`` it asks JAX for the default one, which starts JAX's backends;
-    :class:`PlatformInference` asks only when a program is traced.
+    :class:`XlaCpuInference` on ``'cpu'`` with XLA's own convolutions
+    (``runtime.xla_cpu_tuned()``): multiply-adds for one-input-channel convolutions with at most
+    16 outputs (the LeNet at widths 0.2-0.35: 1.09-1.34x images/s) and max-pools by channel
+    count; :func:`conv2d` elsewhere. With no ``backend`` it asks JAX for the default one, which
+    starts JAX's backends; :class:`PlatformInference` asks only when a program is traced.
     """
     backend = jax.default_backend() if backend is None else backend
-    return OneChannelTaps(16) if backend == "cpu" and runtime.xla_cpu_tuned() else conv2d
+    return XlaCpuInference() if backend == "cpu" and runtime.xla_cpu_tuned() else conv2d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,3 +292,7 @@ class PlatformInference:
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         return inference_lowering()(x, kernel, strides, padding, groups)
+
+    def max_pool_2x2(self, x: Array) -> Array:
+        """Pools as :func:`inference_lowering` picks (``pooling.max_pool_2x2``)."""
+        return pooling.max_pool_2x2(x, inference_lowering())

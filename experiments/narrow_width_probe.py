@@ -1,8 +1,8 @@
 """Probe for issue 17, item 4: why LeNet inference at width 0.25 is hardly faster than at 0.5.
 
-    python -m experiments.narrow_width_probe [--rounds=2] [--tables=1,2,3,4]
+    python -m experiments.narrow_width_probe [--rounds=2] [--tables=1,2,3,4,5]
 
-Three tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians of
+Five tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians of
 10 calls after a warm-up):
 
 1. images/s at every channel count from 8 to 45 (width c / 45), with each lowering:
@@ -14,9 +14,14 @@ Three tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (media
    1, 0.75, 0.5, 0.35 and 0.25, alternated per round, with w = 0.25 over w = 0.5;
 4. the model exported (``awn_jax.export``, a plain fixed-width LeNet) at widths 1, 0.75,
    0.5 and 0.25, with its channel counts as the width sets them and padded to multiples
-   of 4 and of 8 (``channel_multiple``), alternated per round.
+   of 4 and of 8 (``channel_multiple``), alternated per round;
+5. images/s at every channel count from 8 to 45 with the max-pools as a reduction
+   (``pooling.reshape_max``, which XLA:CPU fuses with the convolution before it into one
+   YNNPACK call) and as strided slices (``pooling.strided_max``), two alternated rounds:
+   the rule of ``conv.XlaCpuInference.max_pool_2x2``.
 
-XLA:CPU is tuned as the commands tune it (``runtime.tune_xla_cpu``); run with
+XLA:CPU and the host allocator are tuned as the commands tune them (``runtime.tune_xla_cpu``,
+``runtime.tune_host_allocator``); run with
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` (every YNNPACK fusion off) to see
 the other profile.
 """
@@ -24,17 +29,20 @@ the other profile.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from typing import Callable
 
 from awn_jax import runtime
 
-runtime.tune_xla_cpu()  # before JAX starts its backend
+runtime.tune_xla_cpu()  # before JAX starts its backend, as the commands do
+runtime.tune_host_allocator()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from awn_jax import conv, export  # noqa: E402
+from awn_jax import conv, export, pooling  # noqa: E402
 from awn_jax.models import LeNet3C1L  # noqa: E402
 from awn_jax.timing import median_seconds  # noqa: E402
 from awn_jax.widths import num_channels  # noqa: E402
@@ -51,7 +59,7 @@ def _rate(f, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of tables 3 and 4")
-    parser.add_argument("--tables", default="1,2,3,4", help="which tables to print")
+    parser.add_argument("--tables", default="1,2,3,4,5", help="which tables to print")
     args = parser.parse_args()
     rounds, tables = args.rounds, {int(t) for t in args.tables.split(",")}
     print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; XLA:CPU's own convolutions:"
@@ -108,6 +116,26 @@ def main() -> None:
                 rows = [exported[w, m] for m in (1, 4, 8)]
                 print(f"| {r + 1} | {w:g} | " + " / ".join(str(c) for _, _, c in rows) + " | "
                       + " | ".join(f"{_rate(f, v, x):,.0f}" for f, v, _ in rows) + " |", flush=True)
+
+    if 5 in tables:
+        print("\n5. images/s per channel count, the max-pools as a reduction or as strided slices, rounds 1 / 2\n\n"
+              "| channels | reduction | strided | strided / reduction |\n|---|---|---|---|")
+        for c in range(8, 46):
+            programs = [forward(plain.clone(conv_lowering=_Pooling(pool=pool)), c / 45)
+                        for pool in (pooling.reshape_max, pooling.strided_max)]
+            rates = [[_rate(f, variables, x) for f in programs] for _ in range(rounds)]
+            print(f"| {c} | " + " | ".join(" / ".join(f"{r[i]:,.0f}" for r in rates) for i in (0, 1))
+                  + " | " + " / ".join(f"{r[1] / r[0]:.2f}" for r in rates) + " |", flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pooling(conv.XlaCpuInference):
+    """The tuned inference lowering with one pooling form at every channel count."""
+
+    pool: Callable = pooling.reshape_max
+
+    def max_pool_2x2(self, x):
+        return self.pool(x)
 
 
 if __name__ == "__main__":

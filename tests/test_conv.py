@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import anytime, conv, costs, layers, masks, runtime
+from awn_jax import anytime, conv, costs, layers, masks, pooling, runtime
 from awn_jax.config import lenet_config
 from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet20, from_config
 from helpers import conv2_ynn_calls, random_variables
@@ -110,12 +110,53 @@ def test_a_model_with_one_channel_taps_equals_the_convolution_at_narrow_widths_a
     _, cache = anytime.run(taps, variables, x, 0.25)
     out, _ = anytime.widen(taps, variables, x, cache, 0.3)  # conv1's 3 new outputs as taps
     np.testing.assert_allclose(out, model.apply(variables, x, width=0.3), rtol=1e-5, atol=1e-5)
+    # The tuned CPU's inference lowering (taps, pools by channel count) computes the same logits.
+    tuned = model.clone(conv_lowering=conv.XlaCpuInference())
+    for width in (1.0, 0.5, 0.25):  # 45 and 11 channels pool strided, 22 by a reduction
+        np.testing.assert_allclose(tuned.apply(variables, x, width=width), model.apply(variables, x, width=width),
+                                   rtol=1e-5, atol=1e-5)
 
 
-def test_inference_lowering_uses_taps_on_a_tuned_cpu_only_and_config_models_carry_it(monkeypatch):
+def _slow_max_pool(x: np.ndarray) -> np.ndarray:
+    n, h, w, c = x.shape
+    out = np.empty((n, h // 2, w // 2, c), x.dtype)
+    for i in range(h // 2):
+        for j in range(w // 2):
+            out[:, i, j] = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("hw", [(6, 8), (7, 5)])
+def test_both_pooling_forms_equal_a_slow_max_pool_values_and_gradients(hw):
+    x = np.random.default_rng(3).normal(size=(2, *hw, 3)).astype(np.float32)
+    for pool in (pooling.reshape_max, pooling.strided_max):
+        np.testing.assert_array_equal(pool(jnp.asarray(x)), _slow_max_pool(x))
+    # The gradient reaches each window's maximum (no ties in random data) and nothing else.
+    cotangent = jnp.asarray(np.random.default_rng(4).normal(size=(2, hw[0] // 2, hw[1] // 2, 3)), jnp.float32)
+    grads = [jax.vjp(pool, jnp.asarray(x))[1](cotangent)[0] for pool in (pooling.reshape_max, pooling.strided_max)]
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert int((np.asarray(grads[0]) != 0).sum()) == cotangent.size
+
+
+def test_the_lowering_picks_the_pooling_form_by_channel_count():
+    def form(lowering, c, dtype=jnp.float32):
+        program = jax.jit(lambda x: pooling.max_pool_2x2(x, lowering)).lower(jnp.zeros((2, 4, 4, c), dtype)).as_text()
+        return "reduction" if "stablehlo.reduce" in program else "strided"
+
+    fused = {18, 20, 22, 24, 28, 32, 36, 40, 44}  # where XLA:CPU's YNNPACK fusion was measured faster
+    tuned = conv.XlaCpuInference()
+    assert [c for c in range(1, 49) if form(tuned, c) == "reduction"] == sorted(fused | {48})
+    assert form(tuned, 45, jnp.bfloat16) == "reduction"  # only float32 was measured
+    for lowering in (conv.conv2d, conv.OneChannelTaps(16), conv.BatchSplitConv(8)):
+        assert form(lowering, 45) == "reduction"  # training and other programs keep the reduction
+    assert form(conv.BlockTriangular(2, tuned), 45) == form(tuned, 45) == "strided"
+    assert form(conv.PlatformInference(), 45) == form(conv.inference_lowering(), 45)
+
+
+def test_inference_lowering_is_xla_cpus_on_a_tuned_cpu_only_and_config_models_carry_it(monkeypatch):
     backend = jax.default_backend()  # started before XLA_FLAGS changes below
     monkeypatch.setenv("XLA_FLAGS", " ".join(runtime.XLA_CPU_FLAGS))
-    assert conv.inference_lowering("cpu") == conv.OneChannelTaps(16)
+    assert conv.inference_lowering("cpu") == conv.XlaCpuInference(conv.OneChannelTaps(16))
     assert conv.inference_lowering("gpu") is conv.conv2d
     assert conv.inference_lowering("tpu") is conv.conv2d
     assert from_config(lenet_config("fashion_mnist"), 10).conv_lowering == conv.PlatformInference()

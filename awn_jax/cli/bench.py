@@ -8,7 +8,8 @@ after warm-up:
 * with LeNet and torch installed (``pip install -e '.[bench]'``): the AWN+RS train step
   and inference per width beside the reference written in PyTorch
   (``awn_jax.torch_reference``), alternating, in this run: each pair's ratio and the
-  median (without torch, a line says the comparison was skipped);
+  median (without torch, a line says the comparison was skipped); then the FLOP/s that
+  3x PyTorch's train step and inference at w = 1 would take, against a large matmul's;
 * the AWN step's achieved FLOP/s (XLA's cost analysis) against a large matmul's
   FLOP/s measured in the same run;
 * inference images/s at 4 widths and the ratio to w = 1, beside the MACs ratio, and
@@ -174,12 +175,14 @@ def _warm_train_step(config):
     return one_step
 
 
-def torch_comparison(steps_timed: int, pairs: int = 3) -> None:
+def torch_comparison(steps_timed: int, matmul: float, pairs: int = 3) -> None:
     """Prints LeNet AWN+RS training and inference, PyTorch (awn_jax.torch_reference) beside JAX.
 
     The two alternate, ``pairs`` times, each timed as the median of ``steps_timed`` calls;
     the ratio of each pair and their median are printed. Before timing, both start from the
-    same variables and their logits and one step's losses are compared.
+    same variables and their logits and one step's losses are compared. For the train step
+    and inference at w = 1 it then prints the FLOP/s that 3x PyTorch's median would take,
+    against ``matmul``, a large matmul's FLOP/s on this device.
     """
     try:
         import torch
@@ -220,8 +223,8 @@ def torch_comparison(steps_timed: int, pairs: int = 3) -> None:
 
     print("\n| LeNet AWN+RS train step (batch 128, 4 widths) | PyTorch images/s | JAX images/s | JAX / PyTorch |"
           "\n|---|---|---|---|")
-    _alternate(lambda: median_seconds(torch_step, steps_timed), lambda: median_seconds(jax_step, steps_timed),
-               128, pairs)
+    torch_train = _alternate(lambda: median_seconds(torch_step, steps_timed),
+                             lambda: median_seconds(jax_step, steps_timed), 128, pairs)
 
     bench = BENCHMARKED["lenet3c1l"]
     x_big = jnp.asarray(np.random.default_rng(1).normal(size=(bench.batch, *info.image_shape)), jnp.float32)
@@ -229,6 +232,7 @@ def torch_comparison(steps_timed: int, pairs: int = 3) -> None:
     print(f"\n| LeNet AWN inference (batch {bench.batch}) | PyTorch images/s | JAX images/s | JAX / PyTorch |"
           "\n|---|---|---|---|")
     reference.eval()
+    torch_inference = {}
     for w in bench.widths:
         forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
         forward(variables, x_big).block_until_ready()
@@ -237,13 +241,29 @@ def torch_comparison(steps_timed: int, pairs: int = 3) -> None:
             with torch.no_grad():
                 return reference(images_big, w)
 
-        _alternate(lambda: median_seconds(torch_forward, steps_timed),
-                   lambda: median_seconds(lambda: forward(variables, x_big), steps_timed), bench.batch, pairs,
-                   label=f"w = {w:g}")
+        torch_inference[w] = _alternate(lambda: median_seconds(torch_forward, steps_timed),
+                                        lambda: median_seconds(lambda: forward(variables, x_big), steps_timed),
+                                        bench.batch, pairs, label=f"w = {w:g}")
+
+    # What 3x PyTorch takes, as a share of this device's large-matmul rate. A share over 100% even
+    # with every mask zero skipped is out of reach of any lowering here.
+    full = costs.width_cost(model, variables, info.image_shape, 1.0)
+    useful = full.macs / full.computed_macs
+    needs = {"train step": 3 * torch_train * _step_flops(config) / 128,
+             "inference at w = 1": 3 * torch_inference[1.0] * 2 * full.computed_macs}
+    print(f"\n| 3x PyTorch's median (2048^2 matmul: {matmul / 1e9:.0f} GFLOP/s) | GFLOP/s, zeros computed | of the"
+          " matmul's | GFLOP/s, every mask zero skipped | of the matmul's |\n|---|---|---|---|---|")
+    for what, flops in needs.items():
+        print(f"| {what} | {flops / 1e9:.0f} | {flops / matmul:.0%} | {useful * flops / 1e9:.0f} |"
+              f" {useful * flops / matmul:.0%} |")
 
 
-def _alternate(torch_seconds, jax_seconds, images: int, pairs: int, label: str = "") -> None:
-    """Times PyTorch then JAX, ``pairs`` times; prints each pair's rates and ratio, then the medians."""
+def _alternate(torch_seconds, jax_seconds, images: int, pairs: int, label: str = "") -> float:
+    """Times PyTorch then JAX, ``pairs`` times; prints each pair's rates and ratio, then the medians.
+
+    Returns:
+      PyTorch's median images/s.
+    """
     rows = []
     for i in range(pairs):
         t, j = torch_seconds(), jax_seconds()
@@ -252,6 +272,7 @@ def _alternate(torch_seconds, jax_seconds, images: int, pairs: int, label: str =
     t_med, j_med = (float(np.median(c)) for c in zip(*rows))
     ratio = float(np.median([j / t for t, j in rows]))
     print(f"| {label + ', ' if label else ''}median | {t_med:,.0f} | {j_med:,.0f} | {ratio:.2f}x |")
+    return t_med
 
 
 def _step_flops(config) -> float:
@@ -487,10 +508,10 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
             grid = f" (on a {bench.grid_step:g} grid)" if row[1] == "sandwich" and bench.grid_step else ""
             print(f"| {bench.label} {ROW_LABELS[row]}{grid} | {rate:,.0f} |")
 
-    if "lenet3c1l" in args.models:
-        torch_comparison(args.steps)
-
     matmul = matmul_flops_per_second()
+    if "lenet3c1l" in args.models:
+        torch_comparison(args.steps, matmul)
+
     for name in args.models:
         flops = _step_flops(_train_config(name, *BENCHMARKED[name].rows[0]))
         achieved = flops * awn_rates[name] / 128

@@ -8,18 +8,11 @@ import flax.linen as nn
 
 from awn_jax.conv import ConvLowering, conv2d
 from awn_jax.models.common import check_images, variant_spec
+from awn_jax.pooling import max_pool_2x2
 
-__all__ = ["LeNet3C1L", "max_pool_2x2"]
+__all__ = ["LeNet3C1L"]
 
 Array = Any
-
-
-def max_pool_2x2(x: Array) -> Array:
-    """2x2/2 max-pool by reshape and max (XLA CPU's reduce_window backward is slow)."""
-    n, h, w, c = x.shape
-    if h % 2 or w % 2:
-        x = x[:, : h - h % 2, : w - w % 2]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class LeNet3C1L(nn.Module):
@@ -36,7 +29,8 @@ class LeNet3C1L(nn.Module):
       bn_widths: S-Net's listed / US-Net's calibrated widths.
       bn_momentum: Flax BatchNorm momentum (PyTorch's 0.1 is 0.9 here).
       conv_lowering: the function every conv convolves with (``awn_jax.conv``: a
-        program choice, e.g. ``conv.training_lowering()``; same values and variables).
+        program choice, e.g. ``conv.training_lowering()``; same values and variables); it
+        also picks the max-pools' form (``awn_jax.pooling``).
       plain_width: the ``plain`` variant's width.
       plain_channel_multiple: the ``plain`` variant's channel counts are rounded up to a
         multiple of this, the added channels zero (``awn_jax.export``).
@@ -77,9 +71,9 @@ class LeNet3C1L(nn.Module):
         width = check_images(x, width)
         x = nn.relu(self.bn1(self.conv1(x, width), width, train))
         x = nn.relu(self.bn2(self.conv2(x, width), width, train))
-        x = max_pool_2x2(x)
+        x = max_pool_2x2(x, self.conv_lowering)
         x = nn.relu(self.bn3(self.conv3(x, width), width, train))
-        return max_pool_2x2(x)
+        return max_pool_2x2(x, self.conv_lowering)
 
     def classify(self, features: Array) -> Array:
         """Logits from a hidden map; its channel count sets the classifier's inputs.
