@@ -244,16 +244,18 @@ class XlaCpuInference:
     even count of channels from 18 to 24, or a multiple of 4 from 28, is a reduction
     (``pooling.reshape_max``), which XLA:CPU fuses with the convolution before it into one
     YNNPACK call, fast at those counts; at every other count it is ``pooling.strided_max``,
-    which XLA runs with its own convolution. LeNet at batch 1000, images/s strided / reshape
-    (``python -m experiments.narrow_width_probe --tables=5``, docs/PERFORMANCE_NOTES.md): 45
-    channels (w = 1) 1.24-1.28x, 34 (w = 0.75) 1.07-1.09x, 11 (w = 0.25) 1.09-1.10x; 22
-    (w = 0.5) 0.76-0.77x, 44 0.86x.
+    which XLA runs with its own convolution. Other dtypes keep the reduction. LeNet at batch
+    1000, images/s strided / reduction, two rounds (``python -m experiments.narrow_width_probe
+    --tables=5``, docs/PERFORMANCE_NOTES.md): 45 channels (w = 1) 1.28 / 1.28, 34 (w = 0.75)
+    1.07 / 1.06, 11 (w = 0.25) 1.08 / 1.07; 22 (w = 0.5) 0.77 / 0.76, 44 0.87 / 0.86. Counts
+    outside 8-45, other batch sizes and other dtypes were not measured: the rule extends the
+    pattern to them.
 
     Attributes:
       taps: the convolutions' lowering.
     """
 
-    taps: OneChannelTaps = OneChannelTaps(16)
+    taps: ConvLowering = OneChannelTaps(16)
 
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:

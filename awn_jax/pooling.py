@@ -1,24 +1,32 @@
 """2x2/2 max-pooling, in the two forms XLA:CPU runs at different speeds.
 
-Both forms give the same values. :func:`reshape_max` (a reshape and a max reduction) is the
+Both forms give the same values (and the same gradients where a window has one maximum;
+ties split differently). :func:`reshape_max` (a reshape and a max reduction) is the
 default and the training form: XLA:CPU's ``reduce_window`` backward is slow, and the strided
 form's made the LeNet train step about 5% slower. In inference, XLA:CPU (jaxlib 0.10) hands a
 reduction and the convolution, BatchNorm and ReLU before it to one YNNPACK fusion, which is
 fast at some channel counts and slow at others; :func:`strided_max` (the maximum of four
 strided slices) has no reduction, so XLA runs its own convolution and loop fusions instead
-(docs/PERFORMANCE_NOTES.md, "Pooling"). A conv lowering picks the form for its programs
-(``conv.inference_lowering``); a model pools with :func:`max_pool_2x2`.
+(docs/PERFORMANCE_NOTES.md, "Pooling"); it serves inference only. A conv lowering picks the
+form for its programs (``conv.inference_lowering``); a model pools with :func:`max_pool_2x2`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax.numpy as jnp
 
-__all__ = ["max_pool_2x2", "reshape_max", "strided_max"]
+__all__ = ["ChoosesPooling", "max_pool_2x2", "reshape_max", "strided_max"]
 
 Array = Any
+
+
+@runtime_checkable
+class ChoosesPooling(Protocol):
+    """A conv lowering that also picks the form of the model's 2x2 max-pools."""
+
+    def max_pool_2x2(self, x: Array) -> Array: ...
 
 
 def _even(x: Array) -> Array:
@@ -41,16 +49,15 @@ def strided_max(x: Array) -> Array:
                        jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
 
 
-def max_pool_2x2(x: Array, lowering: Any = None) -> Array:
+def max_pool_2x2(x: Array, lowering: object = None) -> Array:
     """2x2/2 VALID max-pool of NHWC ``x`` in the form ``lowering`` picks.
 
     Args:
       x: input ``(N, H, W, C)``; an odd last row or column is dropped.
-      lowering: the model's conv lowering; one with a ``max_pool_2x2`` method pools with it
-        (``conv.XlaCpuInference``), any other with :func:`reshape_max`.
+      lowering: the model's conv lowering; a :class:`ChoosesPooling` one pools with its
+        method (``conv.XlaCpuInference``), any other with :func:`reshape_max`.
 
     Returns:
       ``(N, H // 2, W // 2, C)``.
     """
-    pool = getattr(lowering, "max_pool_2x2", None)
-    return pool(x) if pool is not None else reshape_max(x)
+    return lowering.max_pool_2x2(x) if isinstance(lowering, ChoosesPooling) else reshape_max(x)

@@ -136,6 +136,8 @@ def test_both_pooling_forms_equal_a_slow_max_pool_values_and_gradients(hw):
     grads = [jax.vjp(pool, jnp.asarray(x))[1](cotangent)[0] for pool in (pooling.reshape_max, pooling.strided_max)]
     np.testing.assert_array_equal(grads[0], grads[1])
     assert int((np.asarray(grads[0]) != 0).sum()) == cotangent.size
+    ties = np.round(x)  # windows with equal maxima: the values still agree
+    np.testing.assert_array_equal(pooling.strided_max(jnp.asarray(ties)), _slow_max_pool(ties))
 
 
 def test_the_lowering_picks_the_pooling_form_by_channel_count():

@@ -293,9 +293,20 @@ def test_the_benchmark_says_when_it_skips_the_pytorch_comparison(monkeypatch, ca
     from awn_jax.cli import bench
 
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    bench.torch_comparison(steps_timed=1, matmul=1e11)
+    bench.torch_comparison(steps_timed=1, matmul=1e11, step_flops=1e10)
     assert capsys.readouterr().out.strip() == ("PyTorch comparison skipped: torch is not installed"
                                                " (pip install -e '.[bench]').")
+
+
+def test_the_benchmark_says_what_a_speedup_over_pytorch_would_take_of_the_matmul_rate():
+    from awn_jax import costs
+    from awn_jax.cli import bench
+
+    full = costs.WidthCost(width=1.0, params=0, macs=500, computed_macs=1000)
+    rows = bench.speedup_needs(3.0, torch_train=100.0, train_flops_per_image=4000.0, torch_inference=200.0,
+                               full=full, matmul=2.4e6)
+    # 3 x 100 images/s x 4,000 FLOPs; 3 x 200 images/s x 2 x 1,000 MACs; half of each without the zeros.
+    assert rows == [("train step", 1.2e6, 0.5, 0.6e6, 0.25), ("inference at w = 1", 1.2e6, 0.5, 0.6e6, 0.25)]
 
 
 def test_the_benchmark_times_the_sweep_beside_one_full_width_pass_over_the_same_images(capsys):

@@ -175,14 +175,15 @@ def _warm_train_step(config):
     return one_step
 
 
-def torch_comparison(steps_timed: int, matmul: float, pairs: int = 3) -> None:
+def torch_comparison(steps_timed: int, matmul: float, step_flops: float, pairs: int = 3) -> None:
     """Prints LeNet AWN+RS training and inference, PyTorch (awn_jax.torch_reference) beside JAX.
 
     The two alternate, ``pairs`` times, each timed as the median of ``steps_timed`` calls;
     the ratio of each pair and their median are printed. Before timing, both start from the
     same variables and their logits and one step's losses are compared. For the train step
-    and inference at w = 1 it then prints the FLOP/s that 3x PyTorch's median would take,
-    against ``matmul``, a large matmul's FLOP/s on this device.
+    and inference at w = 1 it then prints the FLOP/s that 3x PyTorch's median would take
+    (:func:`speedup_needs`), against ``matmul``, a large matmul's FLOP/s on this device;
+    ``step_flops`` is the JAX AWN+RS step's (:func:`_step_flops`, batch 128).
     """
     try:
         import torch
@@ -245,17 +246,39 @@ def torch_comparison(steps_timed: int, matmul: float, pairs: int = 3) -> None:
                                         lambda: median_seconds(lambda: forward(variables, x_big), steps_timed),
                                         bench.batch, pairs, label=f"w = {w:g}")
 
-    # What 3x PyTorch takes, as a share of this device's large-matmul rate. A share over 100% even
-    # with every mask zero skipped is out of reach of any lowering here.
     full = costs.width_cost(model, variables, info.image_shape, 1.0)
-    useful = full.macs / full.computed_macs
-    needs = {"train step": 3 * torch_train * _step_flops(config) / 128,
-             "inference at w = 1": 3 * torch_inference[1.0] * 2 * full.computed_macs}
+    rows = speedup_needs(3.0, torch_train, step_flops / 128, torch_inference[1.0], full, matmul)
     print(f"\n| 3x PyTorch's median (2048^2 matmul: {matmul / 1e9:.0f} GFLOP/s) | GFLOP/s, zeros computed | of the"
-          " matmul's | GFLOP/s, every mask zero skipped | of the matmul's |\n|---|---|---|---|---|")
-    for what, flops in needs.items():
-        print(f"| {what} | {flops / 1e9:.0f} | {flops / matmul:.0%} | {useful * flops / 1e9:.0f} |"
-              f" {useful * flops / matmul:.0%} |")
+          " matmul's | GFLOP/s, every mask zero skipped (train step: scaled by w = 1's MACs ratio) |"
+          " of the matmul's |\n|---|---|---|---|---|")
+    for what, flops, share, skipped, skipped_share in rows:
+        print(f"| {what} | {flops / 1e9:.0f} | {share:.0%} | {skipped / 1e9:.0f} | {skipped_share:.0%} |")
+
+
+def speedup_needs(speedup: float, torch_train: float, train_flops_per_image: float, torch_inference: float,
+                  full: costs.WidthCost, matmul: float) -> list[tuple[str, float, float, float, float]]:
+    """The FLOP/s that ``speedup`` x PyTorch's images/s would take, and their share of ``matmul``.
+
+    A share over 1 even with every mask zero skipped is beyond any lowering on this device.
+
+    Args:
+      speedup: the multiple of PyTorch's images/s.
+      torch_train, torch_inference: PyTorch's train-step and width-1 inference images/s.
+      train_flops_per_image: the JAX train step's FLOPs (XLA's cost analysis) per image.
+      full: the model's cost at width 1 (``costs.width_cost``): inference computes
+        ``2 * computed_macs`` FLOPs per image, of which ``macs / computed_macs`` are not mask
+        zeros (applied to the train step too, as an estimate: its backward convolutions have
+        the same zeros, its BatchNorm and optimizer none).
+      matmul: a large matmul's FLOP/s on this device.
+
+    Returns:
+      ``(program, FLOP/s, share of matmul, FLOP/s with zeros skipped, its share)`` for the
+      train step and for inference at width 1.
+    """
+    useful = full.macs / full.computed_macs
+    needs = {"train step": speedup * torch_train * train_flops_per_image,
+             "inference at w = 1": speedup * torch_inference * 2 * full.computed_macs}
+    return [(what, flops, flops / matmul, useful * flops, useful * flops / matmul) for what, flops in needs.items()]
 
 
 def _alternate(torch_seconds, jax_seconds, images: int, pairs: int, label: str = "") -> float:
@@ -509,11 +532,12 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
             print(f"| {bench.label} {ROW_LABELS[row]}{grid} | {rate:,.0f} |")
 
     matmul = matmul_flops_per_second()
+    step_flops = {name: _step_flops(_train_config(name, *BENCHMARKED[name].rows[0])) for name in args.models}
     if "lenet3c1l" in args.models:
-        torch_comparison(args.steps, matmul)
+        torch_comparison(args.steps, matmul, step_flops["lenet3c1l"])
 
     for name in args.models:
-        flops = _step_flops(_train_config(name, *BENCHMARKED[name].rows[0]))
+        flops = step_flops[name]
         achieved = flops * awn_rates[name] / 128
         print(f"\n{BENCHMARKED[name].label} AWN one-pass step: {flops / 1e9:.2f} GFLOP per step (XLA cost"
               f" analysis), achieved {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul:.1%} of a 2048^2 matmul's"
