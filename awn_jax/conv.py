@@ -217,7 +217,7 @@ class BlockTriangular:
         c_in, c_out = kernel.shape[-2:]
         if not prefix or len(prefix) != c_out or c_in != x.shape[-1] or max(prefix) > c_in:
             raise ValueError(f"BlockTriangular: {len(prefix)} prefixes up to {max(prefix, default=0)} inputs do not"
-                             f" fit a kernel of {kernel.shape[-1]} outputs over {kernel.shape[-2]} inputs and an"
+                             f" fit a kernel of {c_out} outputs over {c_in} inputs and an"
                              f" input of {x.shape[-1]} channels.")
         parts = [self.inner(x[..., :r], kernel[..., :r, a:b], strides, padding)
                  for a, b, r in self.block_prefixes(prefix)]

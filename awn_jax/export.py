@@ -64,7 +64,7 @@ def _padded(value: Any, shape: Sequence[int], fill: float) -> Any:
     value = np.asarray(value)  # on the host: no program to compile per array shape
     if value.shape == tuple(shape):
         return value
-    if len(shape) != value.ndim and value.ndim > 2 and len(shape) == 2:
+    if value.ndim > 2 and len(shape) == 2:
         spatial = int(np.prod(value.shape[:-2]))
         shape = (*value.shape[:-2], shape[0] // spatial, shape[1])
     if len(shape) != value.ndim or any(v > t for v, t in zip(value.shape, shape)):

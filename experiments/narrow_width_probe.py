@@ -17,7 +17,7 @@ Five tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (median
    of 4 and of 8 (``channel_multiple``), alternated per round;
 5. images/s at every channel count from 8 to 45 with the max-pools as a reduction
    (``pooling.reshape_max``, which XLA:CPU fuses with the convolution before it into one
-   YNNPACK call) and as strided slices (``pooling.strided_max``), two alternated rounds:
+   YNNPACK call) and as strided slices (``pooling.strided_max``), alternated per round:
    the rule of ``conv.XlaCpuInference.max_pool_2x2``.
 
 XLA:CPU and the host allocator are tuned as the commands tune them (``runtime.tune_xla_cpu``,
@@ -58,7 +58,7 @@ def _rate(f, *args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of tables 3 and 4")
+    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of tables 3, 4 and 5")
     parser.add_argument("--tables", default="1,2,3,4,5", help="which tables to print")
     args = parser.parse_args()
     rounds, tables = args.rounds, {int(t) for t in args.tables.split(",")}
@@ -118,7 +118,8 @@ def main() -> None:
                       + " | ".join(f"{_rate(f, v, x):,.0f}" for f, v, _ in rows) + " |", flush=True)
 
     if 5 in tables:
-        print("\n5. images/s per channel count, the max-pools as a reduction or as strided slices, rounds 1 / 2\n\n"
+        print("\n5. images/s per channel count, the max-pools as a reduction or as strided slices, one figure per"
+              f" round ({rounds})\n\n"
               "| channels | reduction | strided | strided / reduction |\n|---|---|---|---|")
         for c in range(8, 46):
             programs = [forward(plain.clone(conv_lowering=_Pooling(pool=pool)), c / 45)
