@@ -36,8 +36,8 @@ from jax import lax
 
 from awn_jax import pooling, runtime
 
-__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "BlockTriangular", "XlaCpuInference",
-           "training_lowering", "inference_lowering", "PlatformInference"]
+__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "ColumnBlocks", "BlockTriangular",
+           "XlaCpuInference", "training_lowering", "inference_lowering", "PlatformInference"]
 
 Array = Any
 Padding = str | Sequence[tuple[int, int]]
@@ -80,6 +80,12 @@ def _check_positive_int(lowering: Any, field: str) -> None:
     value = getattr(lowering, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{type(lowering).__name__} needs a positive int {field}, got {value!r}.")
+
+
+def _explicit_pads(x: Array, window: tuple[int, int], strides: Sequence[int], padding: Padding) -> list[tuple[int, int]]:
+    if isinstance(padding, str):
+        return lax.padtype_to_pads(x.shape[1:3], window, tuple(strides), padding)
+    return [tuple(p) for p in padding]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +140,7 @@ class OneChannelTaps:
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         kh, kw, c_in, c_out = kernel.shape
         sh, sw = strides
-        pads = (lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding) if isinstance(padding, str)
-                else [tuple(p) for p in padding])
+        pads = _explicit_pads(x, (kh, kw), strides, padding)
         if (groups != 1 or c_in != 1 or c_out > self.max_features or kh * kw > 9
                 or x.dtype != jnp.float32 or min(min(p) for p in pads) < 0):
             return conv2d(x, kernel, strides, padding, groups)
@@ -144,6 +149,63 @@ class OneChannelTaps:
         taps = (x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * kernel[i, j, 0]
                 for i in range(kh) for j in range(kw))
         return functools.reduce(operator.add, taps)
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnBlocks:
+    """``inner``, with a convolution to few outputs computing blocks of adjacent output columns.
+
+    A stride-1 convolution with ``c`` outputs equals one with stride ``f`` along the width, a
+    kernel ``f - 1`` columns wider and ``f * c`` outputs: window ``q`` computes output columns
+    ``f*q`` to ``f*q + f - 1``, the ``p``-th with the kernel shifted ``p`` columns right (zeros
+    around it). Its output ``(N, H', W'/f, f*c)`` is the original ``(N, H', W', c)`` in memory,
+    so the reshape back costs nothing. The zeros add multiply-adds (``(kw + f - 1) / kw``
+    times as many: 4/3 for a 3x3 kernel at ``f = 2``), but XLA:CPU runs a convolution with
+    ``f`` times the outputs at a much higher rate per multiply-add. LeNet at batch 1000,
+    images/s against ``XlaCpuInference``'s taps alone, two rounds (docs/PERFORMANCE_NOTES.md,
+    "Column blocks"): 11 channels (w = 0.25) 1.40 / 1.43 at ``f = 4``, 16 channels 1.20 / 1.16 at
+    ``f = 2``; from 18 channels, where the model's pools fuse with the convolution into one
+    YNNPACK call, it was 2-3x slower. ``f`` is 4 up to 12 outputs and 2 above, where each was
+    measured fastest, if it divides the output width (else 2, else ``inner``). Only what was
+    measured takes this form: float32, stride 1, no groups, more than one input channel and
+    kernel column, non-negative padding. Every other convolution goes to ``inner``.
+
+    Attributes:
+      max_features: the most outputs computed in column blocks, a positive int.
+      inner: the lowering of every other convolution.
+    """
+
+    max_features: int
+    inner: ConvLowering = conv2d
+
+    def __post_init__(self):
+        _check_positive_int(self, "max_features")
+
+    @staticmethod
+    def factor(features: int, out_width: int) -> int:
+        """Output columns per window for ``features`` outputs over ``out_width`` columns (1: unblocked)."""
+        for f in ((4, 2) if features <= 12 else (2,)):
+            if out_width % f == 0:
+                return f
+        return 1
+
+    def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                 padding: Padding = "VALID", groups: int = 1) -> Array:
+        kh, kw, c_in, c_out = kernel.shape
+        pads = _explicit_pads(x, (kh, kw), strides, padding)
+        out_width = x.shape[2] + sum(pads[1]) - kw + 1
+        f = self.factor(c_out, out_width)
+        if (groups != 1 or tuple(strides) != (1, 1) or c_in == 1 or kw == 1 or c_out > self.max_features or f == 1
+                or x.dtype != jnp.float32 or min(min(p) for p in pads) < 0):
+            return self.inner(x, kernel, strides, padding, groups)
+        shifted = [jnp.pad(kernel, ((0, 0), (p, f - 1 - p), (0, 0), (0, 0))) for p in range(f)]
+        wide = jnp.stack(shifted, axis=-2).reshape(kh, kw + f - 1, c_in, f * c_out)
+        y = conv2d(x, wide, (1, f), pads)
+        return y.reshape(*y.shape[:2], out_width, c_out)
+
+    def max_pool_2x2(self, x: Array) -> Array:
+        """Pools as ``inner`` does (``pooling.max_pool_2x2``)."""
+        return pooling.max_pool_2x2(x, self.inner)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +302,7 @@ def training_lowering(backend: str | None = None) -> ConvLowering:
 class XlaCpuInference:
     """Inference programs on XLA:CPU with its own convolutions: the forms measured fastest there.
 
-    Convolutions go to ``taps``. A float32 2x2 max-pool (``pooling.max_pool_2x2``) over an
+    Convolutions go to ``convolution``. A float32 2x2 max-pool (``pooling.max_pool_2x2``) over an
     even count of channels from 18 to 24, or a multiple of 4 from 28, is a reduction
     (``pooling.reshape_max``), which XLA:CPU fuses with the convolution before it into one
     YNNPACK call, fast at those counts; at every other count it is ``pooling.strided_max``,
@@ -252,14 +314,14 @@ class XlaCpuInference:
     pattern to them.
 
     Attributes:
-      taps: the convolutions' lowering.
+      convolution: the convolutions' lowering.
     """
 
-    taps: ConvLowering = OneChannelTaps(16)
+    convolution: ConvLowering = ColumnBlocks(17, OneChannelTaps(16))
 
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
-        return self.taps(x, kernel, strides, padding, groups)
+        return self.convolution(x, kernel, strides, padding, groups)
 
     def max_pool_2x2(self, x: Array) -> Array:
         """2x2/2 max-pool of NHWC ``x`` in the form measured faster at its channel count."""

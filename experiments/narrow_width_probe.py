@@ -1,8 +1,8 @@
 """Probe for issue 17, item 4: why LeNet inference at width 0.25 is hardly faster than at 0.5.
 
-    python -m experiments.narrow_width_probe [--rounds=2] [--tables=1,2,3,4,5]
+    python -m experiments.narrow_width_probe [--rounds=2] [--tables=1,2,3,4,5,6]
 
-Five tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians of
+Six tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians of
 10 calls after a warm-up):
 
 1. images/s at every channel count from 8 to 45 (width c / 45), with each lowering:
@@ -18,7 +18,10 @@ Five tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (median
 5. images/s at every channel count from 8 to 45 with the max-pools as a reduction
    (``pooling.reshape_max``, which XLA:CPU fuses with the convolution before it into one
    YNNPACK call) and as strided slices (``pooling.strided_max``), alternated per round:
-   the rule of ``conv.XlaCpuInference.max_pool_2x2``.
+   the rule of ``conv.XlaCpuInference.max_pool_2x2``;
+6. images/s at every channel count from 8 to 24 with the convolutions of more than one input
+   channel as they are and in column blocks of 2, 3 and 4 output columns
+   (``conv.ColumnBlocks``), alternated per round: the rule of ``conv.ColumnBlocks.factor``.
 
 XLA:CPU and the host allocator are tuned as the commands tune them (``runtime.tune_xla_cpu``,
 ``runtime.tune_host_allocator``); run with
@@ -58,8 +61,8 @@ def _rate(f, *args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of tables 3, 4 and 5")
-    parser.add_argument("--tables", default="1,2,3,4,5", help="which tables to print")
+    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of tables 3 to 6")
+    parser.add_argument("--tables", default="1,2,3,4,5,6", help="which tables to print")
     args = parser.parse_args()
     rounds, tables = args.rounds, {int(t) for t in args.tables.split(",")}
     print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; XLA:CPU's own convolutions:"
@@ -127,6 +130,29 @@ def main() -> None:
             rates = [[_rate(f, variables, x) for f in programs] for _ in range(rounds)]
             print(f"| {c} | " + " | ".join(" / ".join(f"{r[i]:,.0f}" for r in rates) for i in (0, 1))
                   + " | " + " / ".join(f"{r[1] / r[0]:.2f}" for r in rates) + " |", flush=True)
+
+    if 6 in tables:
+        print("\n6. images/s per channel count, convolutions to at most 24 outputs in column blocks of 2, 3 or 4"
+              f" output columns (``conv.ColumnBlocks``) or not, one figure per round ({rounds})\n\n"
+              "| channels | not blocked | 2 columns | 3 columns | 4 columns |\n|---|---|---|---|---|")
+        unblocked = conv.XlaCpuInference(conv.OneChannelTaps(16))
+        lowerings = [unblocked] + [conv.XlaCpuInference(_Columns(24, unblocked.convolution, columns))
+                                   for columns in (2, 3, 4)]
+        for c in range(8, 25):
+            programs = [forward(plain.clone(conv_lowering=lowering), c / 45) for lowering in lowerings]
+            rates = [[_rate(f, variables, x) for f in programs] for _ in range(rounds)]
+            print(f"| {c} | " + " | ".join(" / ".join(f"{r[i]:,.0f}" for r in rates) for i in range(len(programs)))
+                  + " |", flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Columns(conv.ColumnBlocks):
+    """Column blocks of ``columns`` output columns at every output count it divides the width of."""
+
+    columns: int = 2
+
+    def factor(self, features, out_width):
+        return self.columns if out_width % self.columns == 0 else 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,6 +98,60 @@ def test_one_channel_taps_leave_every_other_convolution_to_conv2d(c, o, groups, 
                                   conv.conv2d(x, kernel, (1, 1), padding, groups))
 
 
+BLOCK_CASES = [
+    # (input HW, inputs, kernel, outputs, padding, output columns per window)
+    ((26, 26), 11, (3, 3), 11, "VALID", 4),  # LeNet's conv2 at w = 0.25
+    ((12, 12), 11, (5, 5), 11, "VALID", 4),  # and its conv3
+    ((10, 10), 5, (3, 3), 14, "SAME", 2),  # over 12 outputs: pairs
+    ((9, 12), 3, (3, 2), 6, ((1, 2), (0, 1)), 4),
+    ((8, 10), 4, (3, 3), 6, ((1, 1), (2, 0)), 2),  # 10 columns: 4 does not divide them
+]
+
+
+@pytest.mark.parametrize("hw,c,k,o,padding,factor", BLOCK_CASES)
+def test_column_blocks_equal_one_convolution_values_and_gradients(hw, c, k, o, padding, factor):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, *hw, c)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*k, c, o)) / np.sqrt(k[0] * k[1] * c), jnp.float32)  # outputs of unit scale
+    blocks = conv.ColumnBlocks(17)
+
+    def loss(lowering):
+        return lambda x, w: jnp.sum(jnp.sin(lowering(x, w, (1, 1), padding)))
+
+    np.testing.assert_allclose(blocks(x, kernel, (1, 1), padding), conv.conv2d(x, kernel, (1, 1), padding),
+                               rtol=1e-5, atol=1e-5)
+    program = jax.jit(lambda x, w: blocks(x, w, (1, 1), padding)).lower(x, kernel).as_text()
+    assert f"stride = [1, {factor}]" in program
+    for a, b in zip(jax.grad(loss(blocks), (0, 1))(x, kernel), jax.grad(loss(conv.conv2d), (0, 1))(x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,o,hw,k,strides,groups,dtype,padding", [
+    (1, 11, 10, 3, 1, 1, jnp.float32, "VALID"), (4, 18, 10, 3, 1, 1, jnp.float32, "VALID"),
+    (4, 13, 11, 3, 1, 1, jnp.float32, "VALID"), (4, 4, 10, 3, 2, 1, jnp.float32, "SAME"),
+    (4, 4, 10, 3, 1, 4, jnp.float32, "SAME"), (4, 4, 10, 1, 1, 1, jnp.float32, "SAME"),
+    (4, 4, 10, 3, 1, 1, jnp.bfloat16, "SAME"), (4, 4, 10, 3, 1, 1, jnp.float32, ((-1, 1), (0, 1))),
+], ids=["one-input", "wide", "odd-columns", "strided", "depthwise", "1x1", "bfloat16", "negative-padding"])
+def test_column_blocks_leave_every_other_convolution_to_inner(c, o, hw, k, strides, groups, dtype, padding):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, hw, hw, c)), dtype)
+    kernel = jnp.asarray(np.random.default_rng(1).normal(size=(k, k, c // groups, o)), dtype)
+    inner = conv.OneChannelTaps(16)
+    blocks = conv.ColumnBlocks(17, inner)
+    args = ((strides, strides), padding, groups)
+    program = jax.jit(lambda x, w: blocks(x, w, *args)).lower(x, kernel).as_text()
+    assert program == jax.jit(lambda x, w: inner(x, w, *args)).lower(x, kernel).as_text()
+    np.testing.assert_array_equal(blocks(x, kernel, *args), inner(x, kernel, *args))
+
+
+def test_column_blocks_take_four_columns_up_to_12_outputs_then_pairs_where_they_divide_the_width():
+    assert [conv.ColumnBlocks.factor(o, 24) for o in (1, 11, 12, 13, 17)] == [4, 4, 4, 2, 2]
+    assert [conv.ColumnBlocks.factor(o, 10) for o in (11, 13)] == [2, 2]
+    assert [conv.ColumnBlocks.factor(o, 9) for o in (11, 13)] == [1, 1]
+    for bad in (0, -3, 17.0, True):
+        with pytest.raises(ValueError, match="positive int max_features"):
+            conv.ColumnBlocks(bad)
+
+
 def test_a_model_with_one_channel_taps_equals_the_convolution_at_narrow_widths_and_widens():
     model = LeNet3C1L()
     x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 28, 28, 1)), jnp.float32)
@@ -110,11 +164,16 @@ def test_a_model_with_one_channel_taps_equals_the_convolution_at_narrow_widths_a
     _, cache = anytime.run(taps, variables, x, 0.25)
     out, _ = anytime.widen(taps, variables, x, cache, 0.3)  # conv1's 3 new outputs as taps
     np.testing.assert_allclose(out, model.apply(variables, x, width=0.3), rtol=1e-5, atol=1e-5)
-    # The tuned CPU's inference lowering (taps, pools by channel count) computes the same logits.
+    # The tuned CPU's inference lowering (taps, column blocks, pools by channel count) computes the same logits.
     tuned = model.clone(conv_lowering=conv.XlaCpuInference())
+    program = jax.jit(lambda v: tuned.apply(v, x, width=0.25)).lower(variables).as_text()
+    assert program.count("stride = [1, 4]") == 2  # conv2 and conv3 at 11 outputs
     for width in (1.0, 0.5, 0.25):  # 45 and 11 channels pool strided, 22 by a reduction
         np.testing.assert_allclose(tuned.apply(variables, x, width=width), model.apply(variables, x, width=width),
                                    rtol=1e-5, atol=1e-5)
+    _, cache = anytime.run(tuned, variables, x, 0.25)
+    out, _ = anytime.widen(tuned, variables, x, cache, 0.5)  # 11 new outputs of 22 inputs in column blocks
+    np.testing.assert_allclose(out, model.apply(variables, x, width=0.5), rtol=1e-5, atol=1e-5)
 
 
 def _slow_max_pool(x: np.ndarray) -> np.ndarray:
@@ -151,14 +210,15 @@ def test_the_lowering_picks_the_pooling_form_by_channel_count():
     assert form(tuned, 45, jnp.bfloat16) == "reduction"  # only float32 was measured
     for lowering in (conv.conv2d, conv.OneChannelTaps(16), conv.BatchSplitConv(8)):
         assert form(lowering, 45) == "reduction"  # training and other programs keep the reduction
-    assert form(conv.BlockTriangular(2, tuned), 45) == form(tuned, 45) == "strided"
+    assert form(conv.BlockTriangular(2, tuned), 45) == form(conv.ColumnBlocks(17, tuned), 45) == form(tuned, 45)
+    assert form(tuned, 45) == "strided"
     assert form(conv.PlatformInference(), 45) == form(conv.inference_lowering(), 45)
 
 
 def test_inference_lowering_is_xla_cpus_on_a_tuned_cpu_only_and_config_models_carry_it(monkeypatch):
     backend = jax.default_backend()  # started before XLA_FLAGS changes below
     monkeypatch.setenv("XLA_FLAGS", " ".join(runtime.XLA_CPU_FLAGS))
-    assert conv.inference_lowering("cpu") == conv.XlaCpuInference(conv.OneChannelTaps(16))
+    assert conv.inference_lowering("cpu") == conv.XlaCpuInference(conv.ColumnBlocks(17, conv.OneChannelTaps(16)))
     assert conv.inference_lowering("gpu") is conv.conv2d
     assert conv.inference_lowering("tpu") is conv.conv2d
     assert from_config(lenet_config("fashion_mnist"), 10).conv_lowering == conv.PlatformInference()
