@@ -161,14 +161,14 @@ class ColumnBlocks:
     around it). Its output ``(N, H', W'/f, f*c)`` is the original ``(N, H', W', c)`` in memory,
     so the reshape back costs nothing. The zeros add multiply-adds (``(kw + f - 1) / kw``
     times as many: 4/3 for a 3x3 kernel at ``f = 2``), but XLA:CPU runs a convolution with
-    ``f`` times the outputs at a much higher rate per multiply-add. LeNet at batch 1000,
-    images/s against ``XlaCpuInference``'s taps alone, two rounds (docs/PERFORMANCE_NOTES.md,
-    "Column blocks"): 11 channels (w = 0.25) 1.40 / 1.43 at ``f = 4``, 16 channels 1.20 / 1.16 at
-    ``f = 2``; from 18 channels, where the model's pools fuse with the convolution into one
-    YNNPACK call, it was 2-3x slower. ``f`` is 4 up to 12 outputs and 2 above, where each was
-    measured fastest, if it divides the output width (else 2, else ``inner``). Only what was
-    measured takes this form: float32, stride 1, no groups, more than one input channel and
-    kernel column, non-negative padding. Every other convolution goes to ``inner``.
+    ``f`` times the outputs at a much higher rate per multiply-add. One 26x26 3x3 convolution
+    and ReLU at batch 1000, ms at ``f`` = 1 / 2 / 4 (``python -m experiments.narrow_width_probe
+    --tables=7``, docs/PERFORMANCE_NOTES.md, "Column blocks"): 11 to 11 channels 27.4 / 20.2 /
+    18.7, 22 to 11 43.0 / 29.6 / 35.5, 45 to 23 101.5 / 88.1 / 132.7. ``f`` is 4 where both
+    counts are at most 12 and 2 above, where each was measured fastest, if it divides the
+    output width (else 2, else ``inner``). Only what was measured takes this form: float32,
+    stride 1, no groups, more than one input channel and kernel column, non-negative padding.
+    Every other convolution goes to ``inner``.
 
     Attributes:
       max_features: the most outputs computed in column blocks, a positive int.
@@ -182,9 +182,9 @@ class ColumnBlocks:
         _check_positive_int(self, "max_features")
 
     @staticmethod
-    def factor(features: int, out_width: int) -> int:
-        """Output columns per window for ``features`` outputs over ``out_width`` columns (1: unblocked)."""
-        for f in ((4, 2) if features <= 12 else (2,)):
+    def factor(inputs: int, outputs: int, out_width: int) -> int:
+        """Output columns per window for a convolution ``inputs -> outputs`` over ``out_width`` columns (1: none)."""
+        for f in ((4, 2) if max(inputs, outputs) <= 12 else (2,)):
             if out_width % f == 0:
                 return f
         return 1
@@ -194,7 +194,7 @@ class ColumnBlocks:
         kh, kw, c_in, c_out = kernel.shape
         pads = _explicit_pads(x, (kh, kw), strides, padding)
         out_width = x.shape[2] + sum(pads[1]) - kw + 1
-        f = self.factor(c_out, out_width)
+        f = self.factor(c_in, c_out, out_width)
         if (groups != 1 or tuple(strides) != (1, 1) or c_in == 1 or kw == 1 or c_out > self.max_features or f == 1
                 or x.dtype != jnp.float32 or min(min(p) for p in pads) < 0):
             return self.inner(x, kernel, strides, padding, groups)
@@ -302,32 +302,41 @@ def training_lowering(backend: str | None = None) -> ConvLowering:
 class XlaCpuInference:
     """Inference programs on XLA:CPU with its own convolutions: the forms measured fastest there.
 
-    Convolutions go to ``convolution``. A float32 2x2 max-pool (``pooling.max_pool_2x2``) over an
-    even count of channels from 18 to 24, or a multiple of 4 from 28, is a reduction
-    (``pooling.reshape_max``), which XLA:CPU fuses with the convolution before it into one
-    YNNPACK call, fast at those counts; at every other count it is ``pooling.strided_max``,
-    which XLA runs with its own convolution. Other dtypes keep the reduction. LeNet at batch
-    1000, images/s strided / reduction, two rounds (``python -m experiments.narrow_width_probe
-    --tables=5``, docs/PERFORMANCE_NOTES.md): 45 channels (w = 1) 1.28 / 1.28, 34 (w = 0.75)
-    1.07 / 1.06, 11 (w = 0.25) 1.08 / 1.07; 22 (w = 0.5) 0.77 / 0.76, 44 0.87 / 0.86. Counts
-    outside 8-45, other batch sizes and other dtypes were not measured: the rule extends the
-    pattern to them.
+    A float32 2x2 max-pool (``pooling.max_pool_2x2``) over an even count of channels from 18
+    to 24, or a multiple of 4 from 28, is a reduction (``pooling.reshape_max``), which XLA:CPU
+    fuses with the convolution before it into one YNNPACK call, fast at those counts; at every
+    other count it is ``pooling.strided_max``, which XLA runs with its own convolution. Other
+    dtypes keep the reduction. LeNet at batch 1000, images/s strided / reduction, two rounds
+    (``python -m experiments.narrow_width_probe --tables=5``, docs/PERFORMANCE_NOTES.md): 45
+    channels (w = 1) 1.28 / 1.28, 34 (w = 0.75) 1.07 / 1.06, 11 (w = 0.25) 1.08 / 1.07; 22
+    (w = 0.5) 0.77 / 0.76, 44 0.87 / 0.86.
+
+    Convolutions go to ``blocks`` (column blocks up to its ``max_features`` outputs), except
+    those to a count where the pool fuses, which go to ``blocks.inner``: column blocks break
+    the fusion. LeNet at batch 1000, images/s unblocked / in blocks of 2 columns, two rounds
+    (``--tables=6``): 16 channels 26,546 / 29,849 and 25,945 / 29,937, 23 10,274 / 12,152 and
+    9,919 / 11,847; 22 (fused) 13,681 / 4,847 and 13,989 / 4,883. Counts outside 8-45, other
+    batch sizes and other dtypes were not measured: the rules extend the pattern to them.
 
     Attributes:
-      convolution: the convolutions' lowering.
+      blocks: the convolutions' lowering; its ``inner`` convolves to the pool-fusing counts.
     """
 
-    convolution: ConvLowering = ColumnBlocks(17, OneChannelTaps(16))
+    blocks: ColumnBlocks = ColumnBlocks(24, OneChannelTaps(16))
 
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
-        return self.convolution(x, kernel, strides, padding, groups)
+        lowering = self.blocks.inner if self._pool_fuses(kernel.shape[-1], x.dtype) else self.blocks
+        return lowering(x, kernel, strides, padding, groups)
 
     def max_pool_2x2(self, x: Array) -> Array:
         """2x2/2 max-pool of NHWC ``x`` in the form measured faster at its channel count."""
-        c = x.shape[-1]
-        fused = x.dtype != jnp.float32 or (c >= 18 and c % 2 == 0 and (c <= 24 or c % 4 == 0))
-        return pooling.reshape_max(x) if fused else pooling.strided_max(x)
+        return pooling.reshape_max(x) if self._pool_fuses(x.shape[-1], x.dtype) else pooling.strided_max(x)
+
+    @staticmethod
+    def _pool_fuses(channels: int, dtype: Any) -> bool:
+        c = channels
+        return dtype != jnp.float32 or (c >= 18 and c % 2 == 0 and (c <= 24 or c % 4 == 0))
 
 
 def inference_lowering(backend: str | None = None) -> ConvLowering:
@@ -335,7 +344,7 @@ def inference_lowering(backend: str | None = None) -> ConvLowering:
 
     :class:`XlaCpuInference` on ``'cpu'`` with XLA's own convolutions
     (``runtime.xla_cpu_tuned()``): multiply-adds for one-input-channel convolutions with at most
-    16 outputs (the LeNet at widths 0.2-0.35: 1.09-1.34x images/s) and max-pools by channel
+    16 outputs, column blocks for other convolutions with at most 24, and max-pools by channel
     count; :func:`conv2d` elsewhere. With no ``backend`` it asks JAX for the default one, which
     starts JAX's backends; :class:`PlatformInference` asks only when a program is traced.
     """

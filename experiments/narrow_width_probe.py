@@ -1,8 +1,8 @@
 """Probe for issue 17, item 4: why LeNet inference at width 0.25 is hardly faster than at 0.5.
 
-    python -m experiments.narrow_width_probe [--rounds=2] [--tables=1,2,3,4,5,6]
+    python -m experiments.narrow_width_probe [--rounds=2] [--tables=1,2,3,4,5,6,7]
 
-Six tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians of
+Seven tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians of
 10 calls after a warm-up):
 
 1. images/s at every channel count from 8 to 45 (width c / 45), with each lowering:
@@ -21,7 +21,9 @@ Six tables, one run, LeNet-3C1L AWN with random variables at batch 1000 (medians
    the rule of ``conv.XlaCpuInference.max_pool_2x2``;
 6. images/s at every channel count from 8 to 24 with the convolutions of more than one input
    channel as they are and in column blocks of 2, 3 and 4 output columns
-   (``conv.ColumnBlocks``), alternated per round: the rule of ``conv.ColumnBlocks.factor``.
+   (``conv.ColumnBlocks``), alternated per round: where ``conv.XlaCpuInference`` blocks;
+7. one convolution and ReLU alone, ms in column blocks of 1, 2 and 4 columns per count of
+   inputs and outputs: the rule of ``conv.ColumnBlocks.factor``.
 
 XLA:CPU and the host allocator are tuned as the commands tune them (``runtime.tune_xla_cpu``,
 ``runtime.tune_host_allocator``); run with
@@ -62,7 +64,7 @@ def _rate(f, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of tables 3 to 6")
-    parser.add_argument("--tables", default="1,2,3,4,5,6", help="which tables to print")
+    parser.add_argument("--tables", default="1,2,3,4,5,6,7", help="which tables to print")
     args = parser.parse_args()
     rounds, tables = args.rounds, {int(t) for t in args.tables.split(",")}
     print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; XLA:CPU's own convolutions:"
@@ -132,27 +134,45 @@ def main() -> None:
                   + " | " + " / ".join(f"{r[1] / r[0]:.2f}" for r in rates) + " |", flush=True)
 
     if 6 in tables:
-        print("\n6. images/s per channel count, convolutions to at most 24 outputs in column blocks of 2, 3 or 4"
-              f" output columns (``conv.ColumnBlocks``) or not, one figure per round ({rounds})\n\n"
-              "| channels | not blocked | 2 columns | 3 columns | 4 columns |\n|---|---|---|---|---|")
-        unblocked = conv.XlaCpuInference(conv.OneChannelTaps(16))
-        lowerings = [unblocked] + [conv.XlaCpuInference(_Columns(24, unblocked.convolution, columns))
-                                   for columns in (2, 3, 4)]
+        print("\n6. images/s per channel count, the convolutions of more than one input channel as they are and in"
+              f" column blocks of 2, 3 or 4 output columns (``conv.ColumnBlocks``) at every count, one figure per"
+              f" round ({rounds})\n\n| channels | not blocked | 2 columns | 3 columns | 4 columns |\n|---|---|---|---|---|")
+        lowerings = [_Blocked(_Columns(BATCH, conv.OneChannelTaps(16), columns)) for columns in (1, 2, 3, 4)]
         for c in range(8, 25):
             programs = [forward(plain.clone(conv_lowering=lowering), c / 45) for lowering in lowerings]
             rates = [[_rate(f, variables, x) for f in programs] for _ in range(rounds)]
             print(f"| {c} | " + " | ".join(" / ".join(f"{r[i]:,.0f}" for r in rates) for i in range(len(programs)))
                   + " |", flush=True)
 
+    if 7 in tables:
+        print("\n7. one 3x3 convolution (26x26, VALID) and ReLU, ms per batch in column blocks of 1, 2 and 4"
+              " columns\n\n| inputs | outputs | 1 column | 2 columns | 4 columns |\n|---|---|---|---|---|")
+        rng = np.random.default_rng(7)
+        for inputs in (11, 16, 22, 34, 45):
+            x7 = jnp.asarray(rng.normal(size=(BATCH, 26, 26, inputs)), jnp.float32)
+            for outputs in (8, 11, 12, 16, 17, 23):
+                kernel = jnp.asarray(rng.normal(size=(3, 3, inputs, outputs)), jnp.float32)
+                ms = [1e3 * BATCH / _rate(jax.jit(lambda x, w, f=f: jax.nn.relu(_Columns(BATCH, conv.conv2d, f)(x, w))),
+                                          x7, kernel) for f in (1, 2, 4)]
+                print(f"| {inputs} | {outputs} | " + " | ".join(f"{t:.1f}" for t in ms) + " |", flush=True)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Columns(conv.ColumnBlocks):
-    """Column blocks of ``columns`` output columns at every output count it divides the width of."""
+    """Column blocks of ``columns`` output columns wherever ``columns`` divides the output width."""
 
     columns: int = 2
 
-    def factor(self, features, out_width):
+    def factor(self, inputs, outputs, out_width):
         return self.columns if out_width % self.columns == 0 else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Blocked(conv.XlaCpuInference):
+    """The tuned inference lowering with its column blocks at every count, the pool-fusing ones too."""
+
+    def __call__(self, x, kernel, strides=(1, 1), padding="VALID", groups=1):
+        return self.blocks(x, kernel, strides, padding, groups)
 
 
 @dataclasses.dataclass(frozen=True)

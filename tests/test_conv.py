@@ -113,7 +113,7 @@ def test_column_blocks_equal_one_convolution_values_and_gradients(hw, c, k, o, p
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, *hw, c)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(*k, c, o)) / np.sqrt(k[0] * k[1] * c), jnp.float32)  # outputs of unit scale
-    blocks = conv.ColumnBlocks(17)
+    blocks = conv.ColumnBlocks(24)
 
     def loss(lowering):
         return lambda x, w: jnp.sum(jnp.sin(lowering(x, w, (1, 1), padding)))
@@ -127,7 +127,7 @@ def test_column_blocks_equal_one_convolution_values_and_gradients(hw, c, k, o, p
 
 
 @pytest.mark.parametrize("c,o,hw,k,strides,groups,dtype,padding", [
-    (1, 11, 10, 3, 1, 1, jnp.float32, "VALID"), (4, 18, 10, 3, 1, 1, jnp.float32, "VALID"),
+    (1, 11, 10, 3, 1, 1, jnp.float32, "VALID"), (4, 25, 10, 3, 1, 1, jnp.float32, "VALID"),
     (4, 13, 11, 3, 1, 1, jnp.float32, "VALID"), (4, 4, 10, 3, 2, 1, jnp.float32, "SAME"),
     (4, 4, 10, 3, 1, 4, jnp.float32, "SAME"), (4, 4, 10, 1, 1, 1, jnp.float32, "SAME"),
     (4, 4, 10, 3, 1, 1, jnp.bfloat16, "SAME"), (4, 4, 10, 3, 1, 1, jnp.float32, ((-1, 1), (0, 1))),
@@ -136,20 +136,33 @@ def test_column_blocks_leave_every_other_convolution_to_inner(c, o, hw, k, strid
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, hw, hw, c)), dtype)
     kernel = jnp.asarray(np.random.default_rng(1).normal(size=(k, k, c // groups, o)), dtype)
     inner = conv.OneChannelTaps(16)
-    blocks = conv.ColumnBlocks(17, inner)
+    blocks = conv.ColumnBlocks(24, inner)
     args = ((strides, strides), padding, groups)
     program = jax.jit(lambda x, w: blocks(x, w, *args)).lower(x, kernel).as_text()
     assert program == jax.jit(lambda x, w: inner(x, w, *args)).lower(x, kernel).as_text()
     np.testing.assert_array_equal(blocks(x, kernel, *args), inner(x, kernel, *args))
 
 
-def test_column_blocks_take_four_columns_up_to_12_outputs_then_pairs_where_they_divide_the_width():
-    assert [conv.ColumnBlocks.factor(o, 24) for o in (1, 11, 12, 13, 17)] == [4, 4, 4, 2, 2]
-    assert [conv.ColumnBlocks.factor(o, 10) for o in (11, 13)] == [2, 2]
-    assert [conv.ColumnBlocks.factor(o, 9) for o in (11, 13)] == [1, 1]
+def test_column_blocks_take_four_columns_up_to_12_channels_then_pairs_where_they_divide_the_width():
+    assert [conv.ColumnBlocks.factor(c, o, 24) for c, o in ((11, 11), (12, 1), (12, 12), (11, 13), (22, 11))] == [
+        4, 4, 4, 2, 2]
+    assert [conv.ColumnBlocks.factor(11, 11, w) for w in (10, 9)] == [2, 1]
     for bad in (0, -3, 17.0, True):
         with pytest.raises(ValueError, match="positive int max_features"):
             conv.ColumnBlocks(bad)
+
+
+def test_the_tuned_cpu_lowering_blocks_columns_except_where_its_pool_fuses_with_the_convolution():
+    x = jnp.zeros((2, 10, 10, 4), jnp.float32)
+    tuned = conv.XlaCpuInference()
+
+    def blocked(outputs, dtype=jnp.float32):
+        kernel = jnp.zeros((3, 3, 4, outputs), dtype)
+        return "stride = [1, 2]" in jax.jit(tuned).lower(x.astype(dtype), kernel).as_text()
+
+    fused = {18, 20, 22, 24}  # the pool-fusing counts up to blocks.max_features
+    assert [o for o in range(13, 30) if blocked(o)] == [o for o in range(13, 25) if o not in fused]
+    assert not blocked(13, jnp.bfloat16)
 
 
 def test_a_model_with_one_channel_taps_equals_the_convolution_at_narrow_widths_and_widens():
@@ -172,7 +185,7 @@ def test_a_model_with_one_channel_taps_equals_the_convolution_at_narrow_widths_a
         np.testing.assert_allclose(tuned.apply(variables, x, width=width), model.apply(variables, x, width=width),
                                    rtol=1e-5, atol=1e-5)
     _, cache = anytime.run(tuned, variables, x, 0.25)
-    out, _ = anytime.widen(tuned, variables, x, cache, 0.5)  # 11 new outputs of 22 inputs in column blocks
+    out, _ = anytime.widen(tuned, variables, x, cache, 0.5)  # 11 new outputs of 22 inputs in column pairs
     np.testing.assert_allclose(out, model.apply(variables, x, width=0.5), rtol=1e-5, atol=1e-5)
 
 
@@ -210,7 +223,7 @@ def test_the_lowering_picks_the_pooling_form_by_channel_count():
     assert form(tuned, 45, jnp.bfloat16) == "reduction"  # only float32 was measured
     for lowering in (conv.conv2d, conv.OneChannelTaps(16), conv.BatchSplitConv(8)):
         assert form(lowering, 45) == "reduction"  # training and other programs keep the reduction
-    assert form(conv.BlockTriangular(2, tuned), 45) == form(conv.ColumnBlocks(17, tuned), 45) == form(tuned, 45)
+    assert form(conv.BlockTriangular(2, tuned), 45) == form(conv.ColumnBlocks(24, tuned), 45) == form(tuned, 45)
     assert form(tuned, 45) == "strided"
     assert form(conv.PlatformInference(), 45) == form(conv.inference_lowering(), 45)
 
@@ -218,7 +231,7 @@ def test_the_lowering_picks_the_pooling_form_by_channel_count():
 def test_inference_lowering_is_xla_cpus_on_a_tuned_cpu_only_and_config_models_carry_it(monkeypatch):
     backend = jax.default_backend()  # started before XLA_FLAGS changes below
     monkeypatch.setenv("XLA_FLAGS", " ".join(runtime.XLA_CPU_FLAGS))
-    assert conv.inference_lowering("cpu") == conv.XlaCpuInference(conv.ColumnBlocks(17, conv.OneChannelTaps(16)))
+    assert conv.inference_lowering("cpu") == conv.XlaCpuInference(conv.ColumnBlocks(24, conv.OneChannelTaps(16)))
     assert conv.inference_lowering("gpu") is conv.conv2d
     assert conv.inference_lowering("tpu") is conv.conv2d
     assert from_config(lenet_config("fashion_mnist"), 10).conv_lowering == conv.PlatformInference()
