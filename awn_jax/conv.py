@@ -163,8 +163,8 @@ class ColumnBlocks:
     times as many: 4/3 for a 3x3 kernel at ``f = 2``), but XLA:CPU runs a convolution with
     ``f`` times the outputs at a much higher rate per multiply-add. One 26x26 3x3 convolution
     and ReLU at batch 1000, ms at ``f`` = 1 / 2 / 4 (``python -m experiments.narrow_width_probe
-    --tables=7``, docs/PERFORMANCE_NOTES.md, "Column blocks"): 11 to 11 channels 27.4 / 20.2 /
-    18.7, 22 to 11 43.0 / 29.6 / 35.5, 45 to 23 101.5 / 88.1 / 132.7. ``f`` is 4 where both
+    --tables=7``, docs/PERFORMANCE_NOTES.md, "Column blocks"): 11 to 11 channels 28.0 / 21.1 /
+    19.1, 22 to 11 44.6 / 30.6 / 37.1, 45 to 23 102.8 / 90.2 / 133.3. ``f`` is 4 where both
     counts are at most 12 and 2 above, where each was measured fastest, if it divides the
     output width (else 2, else ``inner``). Only what was measured takes this form: float32,
     stride 1, no groups, more than one input channel and kernel column, non-negative padding.
@@ -314,8 +314,8 @@ class XlaCpuInference:
     Convolutions go to ``blocks`` (column blocks up to its ``max_features`` outputs), except
     those to a count where the pool fuses, which go to ``blocks.inner``: column blocks break
     the fusion. LeNet at batch 1000, images/s unblocked / in blocks of 2 columns, two rounds
-    (``--tables=6``): 16 channels 26,546 / 29,849 and 25,945 / 29,937, 23 10,274 / 12,152 and
-    9,919 / 11,847; 22 (fused) 13,681 / 4,847 and 13,989 / 4,883. Counts outside 8-45, other
+    (``--tables=6``): 16 channels 26,172 / 29,058 and 26,858 / 29,405, 23 9,960 / 11,989 and
+    10,243 / 12,016; 22 (fused) 14,304 / 5,152 and 14,346 / 5,100. Counts outside 8-45, other
     batch sizes and other dtypes were not measured: the rules extend the pattern to them.
 
     Attributes:
