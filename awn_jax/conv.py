@@ -88,6 +88,16 @@ def _explicit_pads(x: Array, window: tuple[int, int], strides: Sequence[int], pa
     return [tuple(p) for p in padding]
 
 
+class _PoolsAsInner:
+    """Mixin of a lowering that wraps ``inner``: its max-pools take ``inner``'s form."""
+
+    inner: ConvLowering
+
+    def max_pool_2x2(self, x: Array) -> Array:
+        """Pools as ``inner`` does (``pooling.max_pool_2x2``)."""
+        return pooling.max_pool_2x2(x, self.inner)
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchSplitConv:
     """:func:`conv2d` computed ``chunk`` images at a time (same function, another program).
@@ -152,7 +162,7 @@ class OneChannelTaps:
 
 
 @dataclasses.dataclass(frozen=True)
-class ColumnBlocks:
+class ColumnBlocks(_PoolsAsInner):
     """``inner``, with a convolution to few outputs computing blocks of adjacent output columns.
 
     A stride-1 convolution with ``c`` outputs equals one with stride ``f`` along the width, a
@@ -181,9 +191,18 @@ class ColumnBlocks:
     def __post_init__(self):
         _check_positive_int(self, "max_features")
 
-    @staticmethod
-    def factor(inputs: int, outputs: int, out_width: int) -> int:
-        """Output columns per window for a convolution ``inputs -> outputs`` over ``out_width`` columns (1: none)."""
+    def factor(self, inputs: int, outputs: int, out_width: int) -> int:
+        """Output columns per window for a convolution of ``inputs`` to ``outputs`` channels.
+
+        Args:
+          inputs: input channels.
+          outputs: output channels.
+          out_width: the output's width in columns.
+
+        Returns:
+          4 where both counts are at most 12, else 2, whichever divides ``out_width``; 1
+          (no blocks) if neither does.
+        """
         for f in ((4, 2) if max(inputs, outputs) <= 12 else (2,)):
             if out_width % f == 0:
                 return f
@@ -192,24 +211,21 @@ class ColumnBlocks:
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         kh, kw, c_in, c_out = kernel.shape
+        if not (groups == 1 and tuple(strides) == (1, 1) and c_in > 1 and kw > 1 and c_out <= self.max_features
+                and x.dtype == kernel.dtype == jnp.float32):
+            return self.inner(x, kernel, strides, padding, groups)
         pads = _explicit_pads(x, (kh, kw), strides, padding)
         out_width = x.shape[2] + sum(pads[1]) - kw + 1
         f = self.factor(c_in, c_out, out_width)
-        if (groups != 1 or tuple(strides) != (1, 1) or c_in == 1 or kw == 1 or c_out > self.max_features or f == 1
-                or x.dtype != jnp.float32 or min(min(p) for p in pads) < 0):
+        if f == 1 or min(min(p) for p in pads) < 0:
             return self.inner(x, kernel, strides, padding, groups)
         shifted = [jnp.pad(kernel, ((0, 0), (p, f - 1 - p), (0, 0), (0, 0))) for p in range(f)]
         wide = jnp.stack(shifted, axis=-2).reshape(kh, kw + f - 1, c_in, f * c_out)
         y = conv2d(x, wide, (1, f), pads)
         return y.reshape(*y.shape[:2], out_width, c_out)
 
-    def max_pool_2x2(self, x: Array) -> Array:
-        """Pools as ``inner`` does (``pooling.max_pool_2x2``)."""
-        return pooling.max_pool_2x2(x, self.inner)
-
-
 @dataclasses.dataclass(frozen=True)
-class BlockTriangular:
+class BlockTriangular(_PoolsAsInner):
     """A triangular layer's convolution as output blocks that skip the mask's zero rows.
 
     A triangular (AWN) kernel is about half zeros: output ``o`` reads only the first
@@ -238,10 +254,6 @@ class BlockTriangular:
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         return self.inner(x, kernel, strides, padding, groups)
-
-    def max_pool_2x2(self, x: Array) -> Array:
-        """Pools as ``inner`` does (``pooling.max_pool_2x2``)."""
-        return pooling.max_pool_2x2(x, self.inner)
 
     def block_prefixes(self, prefix: Sequence[int]) -> list[tuple[int, int, int]]:
         """The blocks for outputs whose ``o``-th reads the first ``prefix[o]`` inputs.
@@ -316,7 +328,9 @@ class XlaCpuInference:
     the fusion. LeNet at batch 1000, images/s unblocked / in blocks of 2 columns, two rounds
     (``--tables=6``): 16 channels 26,172 / 29,058 and 26,858 / 29,405, 23 9,960 / 11,989 and
     10,243 / 12,016; 22 (fused) 14,304 / 5,152 and 14,346 / 5,100. Counts outside 8-45, other
-    batch sizes and other dtypes were not measured: the rules extend the pattern to them.
+    batch sizes and other dtypes were not measured: the rules extend the pattern to them. So
+    does the exception, which looks at a convolution's output count whether or not a pool
+    follows (ResNets have none) and, inside ``BlockTriangular``, at each block's count.
 
     Attributes:
       blocks: the convolutions' lowering; its ``inner`` convolves to the pool-fusing counts.
@@ -334,8 +348,7 @@ class XlaCpuInference:
         return pooling.reshape_max(x) if self._pool_fuses(x.shape[-1], x.dtype) else pooling.strided_max(x)
 
     @staticmethod
-    def _pool_fuses(channels: int, dtype: Any) -> bool:
-        c = channels
+    def _pool_fuses(c: int, dtype: Any) -> bool:
         return dtype != jnp.float32 or (c >= 18 and c % 2 == 0 and (c <= 24 or c % 4 == 0))
 
 
