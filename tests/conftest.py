@@ -41,11 +41,18 @@ def pytest_unconfigure(config):
         shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 
+# Modules of long single tests (notebooks, killed and restarted runs: 20-55 s each). xdist hands
+# out the grouped modules first, then single tests in collection order; these go first among the
+# singles, so that no worker starts one while the other is nearly done.
+LONG_SINGLE_TESTS = ("test_notebooks", "test_faults")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups into the test ids
 def pytest_collection_modifyitems(items):
     for item in items:
         if any(f in item.fixturenames for f in SHARED_FIXTURES):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.module.__name__ not in LONG_SINGLE_TESTS)  # stable: otherwise as collected
 
 
 @pytest.fixture(scope="session", autouse=True)
