@@ -41,10 +41,12 @@ def pytest_unconfigure(config):
         shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 
-# Modules of long single tests (notebooks, killed and restarted runs: 20-55 s each). xdist hands
-# out the grouped modules first, then single tests in collection order; these go first among the
-# singles, so that no worker starts one while the other is nearly done.
-LONG_SINGLE_TESTS = ("test_notebooks", "test_faults")
+# Modules with the longest single tests, longest first (notebooks and killed runs 20-55 s each,
+# one-pass equalities, widening chains, the ImageNet smoke run and the commands 10-17 s). xdist
+# hands out the grouped modules first, then single tests in collection order; these go first
+# among the singles, so that no worker starts a long one while the other is nearly done.
+LONG_SINGLE_TESTS = ("test_notebooks", "test_faults", "test_steps", "test_anytime", "test_input_pipeline",
+                     "test_entry_points")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups into the test ids
@@ -52,7 +54,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if any(f in item.fixturenames for f in SHARED_FIXTURES):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.module.__name__ not in LONG_SINGLE_TESTS)  # stable: otherwise as collected
+    rank = {name: i for i, name in enumerate(LONG_SINGLE_TESTS)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: otherwise as collected
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -190,7 +190,7 @@ from awn_jax import data, input_pipeline
 info = dataclasses.replace(data.DATASETS["imagenet2012"], image_shape=(64, 64, 3))
 split = data.stream_split(info, "train", sys.argv[1])
 held = [split.source[i] for i in range(len(split))] if sys.argv[2] == "whole" else None
-for step, batch in input_pipeline.train_batches(split, 32, seed=0, stop_step=30):
+for step, batch in input_pipeline.train_batches(split, 32, seed=0, stop_step=15):
     pass
 # VmHWM, not ru_maxrss: the latter starts from the parent's size at fork.
 print(next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith("VmHWM")))
@@ -199,20 +199,30 @@ print(next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if
 
 @pytest.mark.slow
 def test_streaming_memory_does_not_grow_with_the_dataset(tmp_path):
-    """30 steps of decoded, augmented batches from 100 and from 1,000 generated JPEGs (~5 and
+    """15 steps of decoded, augmented batches from 100 and from 1,000 generated JPEGs (~5 and
     ~50 MB of files): the reading process's peak memory stays put; holding the 1,000 records,
-    as a whole-split load would, shows up as ~50 MB more (the check can fail)."""
-    peaks = {}
+    as a whole-split load would, shows up as ~50 MB more (the check can fail).
+
+    A run's peak moves by up to ~10 MB with how full the prefetch buffers get while other
+    processes compete for the CPU (231 MB once, against 239-245 alone), so each streamed peak
+    is the lower of two runs, alternated; the whole load is measured once.
+    """
+    directories = {}
     for n in (100, 1000):
-        directory = str(tmp_path / str(n))
-        imagenet.write_synthetic(directory, n, validation_examples=1, sizes=(200, 400))
-        for mode in ("stream", "whole") if n == 1000 else ("stream",):
-            out = subprocess.run([sys.executable, "-c", _READ_ALL, directory, mode], capture_output=True, text=True,
-                                 timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-            assert out.returncode == 0, out.stderr[-2000:]
-            peaks[n, mode] = int(out.stdout.split()[-1])
-    assert peaks[1000, "stream"] - peaks[100, "stream"] < 12, peaks
-    assert peaks[1000, "whole"] - peaks[1000, "stream"] > 30, peaks
+        directories[n] = str(tmp_path / str(n))
+        imagenet.write_synthetic(directories[n], n, validation_examples=1, sizes=(200, 400))
+
+    def peak(n, mode):
+        out = subprocess.run([sys.executable, "-c", _READ_ALL, directories[n], mode], capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+
+    runs = [(n, peak(n, "stream")) for _ in range(2) for n in (100, 1000)]
+    stream = {n: min(p for m, p in runs if m == n) for n in (100, 1000)}
+    whole = peak(1000, "whole")
+    assert stream[1000] - stream[100] < 12, (runs, whole)
+    assert whole - stream[1000] > 30, (runs, whole)
 
 
 @pytest.mark.slow
