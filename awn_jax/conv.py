@@ -224,6 +224,7 @@ class ColumnBlocks(_PoolsAsInner):
         y = conv2d(x, wide, (1, f), pads)
         return y.reshape(*y.shape[:2], out_width, c_out)
 
+
 @dataclasses.dataclass(frozen=True)
 class BlockTriangular(_PoolsAsInner):
     """A triangular layer's convolution as output blocks that skip the mask's zero rows.
