@@ -46,6 +46,7 @@ __all__ = [
     "default_data_dir",
     "checked_data_dir",
     "get_info",
+    "augmentation_key",
     "load_split",
     "stream_split",
     "open_data",
@@ -468,6 +469,15 @@ def _random_crop_flip(rng: jax.Array, image: jax.Array, pad: int) -> jax.Array:
     dy, dx = jax.random.randint(crop_rng, (2,), 0, 2 * pad + 1)
     image = jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, c))
     return jnp.where(jax.random.bernoulli(flip_rng), image[:, ::-1], image)
+
+
+def augmentation_key(seed: int, step: int) -> jax.Array:
+    """The key of training step ``step``'s augmentation in a run seeded ``seed`` (:func:`preprocess`'s ``rng``).
+
+    Every consumer that must see the images a step trained on (the training step itself,
+    US-Net's calibration, the benchmark's check against PyTorch) derives it here.
+    """
+    return jax.random.fold_in(jax.random.key(seed), step)
 
 
 def preprocess(

@@ -66,8 +66,7 @@ def calibrated_variables(run: evaluation.Run, num: int, train_split: input_pipel
     for step, batch in input_pipeline.train_batches(train_split, c.batch_size, c.seed,
                                                     stop_step=c.sweep.calibration_batches,
                                                     options=input_pipeline.options_from_config(c)):
-        rng = jax.random.fold_in(jax.random.key(c.seed), step)
-        batches.append(data.preprocess(jnp.asarray(batch["image"]), run.info, rng))
+        batches.append(data.preprocess(jnp.asarray(batch["image"]), run.info, data.augmentation_key(c.seed, step)))
     variables = calibration.calibrate(model, run.variables["params"], run.variables["batch_stats"],
                                       batches, widths)
     if multihost.is_primary():

@@ -83,8 +83,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any, tx: optax.Gra
     fast = training_model(model)
     distill = config.widths.distill
     seed = config.seed
-    preprocess = jax.jit(lambda images, step: data.preprocess(
-        images, info, jax.random.fold_in(jax.random.key(seed), step)))
+    preprocess = jax.jit(lambda images, step: data.preprocess(images, info, data.augmentation_key(seed, step)))
 
     if trains_in_one_pass(config):
         trunk_width = config.widths.w_max if config.widths.mode == "sandwich" else max(config.widths.fixed)

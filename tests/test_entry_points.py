@@ -293,7 +293,7 @@ def test_the_benchmark_says_when_it_skips_the_pytorch_comparison(monkeypatch, ca
     from awn_jax.cli import bench
 
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    bench.torch_comparison(steps_timed=1, matmul=1e11, step_flops=1e10)
+    bench.torch_comparison("lenet3c1l", steps_timed=1, matmul=1e11, step_flops=1e10)
     assert capsys.readouterr().out.strip() == ("PyTorch comparison skipped: torch is not installed"
                                                " (pip install -e '.[bench]').")
 

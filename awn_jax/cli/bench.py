@@ -5,11 +5,12 @@ after warm-up:
 
 * train-step images/s of each variant (batch 128, 4 widths per step): LeNet-3C1L
   (Fashion-MNIST shape), ResNet-20 and MobileNetV2 (CIFAR shape);
-* with LeNet and torch installed (``pip install -e '.[bench]'``): the AWN+RS train step
-  and inference per width beside the reference written in PyTorch
-  (``awn_jax.torch_reference``), alternating, in this run: each pair's ratio and the
-  median (without torch, a line says the comparison was skipped); then the FLOP/s that
-  3x PyTorch's train step and inference at w = 1 would take, against a large matmul's;
+* for LeNet and MobileNetV2, with torch installed (``pip install -e '.[bench]'``): the AWN+RS
+  train step and inference per width beside the model's twin written in PyTorch
+  (``awn_jax.torch_reference``, on CUDA where PyTorch sees a GPU), alternating, in this run:
+  each pair's ratio and the median (without torch, a line says the comparison was skipped);
+  then the FLOP/s that 3x PyTorch's train step and inference at w = 1 would take, against a
+  large matmul's;
 * the AWN step's achieved FLOP/s (XLA's cost analysis) against a large matmul's
   FLOP/s measured in the same run;
 * inference images/s at 4 widths and the ratio to w = 1, beside the MACs ratio, and
@@ -27,6 +28,7 @@ after warm-up:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -64,6 +66,8 @@ class Benchmarked:
       grid_step: sandwich widths' grid for per-width steps (0: continuous), which bounds
         the programs their warm-up compiles.
       sweep_compile: also time compiling every sweep width.
+      compared_with_pytorch: also time its AWN+RS step and inference beside its PyTorch twin
+        (``awn_jax.torch_reference``), where torch is installed.
     """
 
     label: str
@@ -73,6 +77,7 @@ class Benchmarked:
     rows: tuple[tuple[str, str, bool], ...]
     grid_step: float = 0.0
     sweep_compile: bool = False
+    compared_with_pytorch: bool = False
 
 
 ROW_LABELS = {
@@ -87,14 +92,16 @@ FOUR_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
 # The first row of each is the AWN+RS one-pass step, whose FLOP/s the benchmark reports.
 BENCHMARKED = {
-    "lenet3c1l": Benchmarked("LeNet", "fashion_mnist", FOUR_WIDTHS, 1000, tuple(ROW_LABELS), sweep_compile=True),
+    "lenet3c1l": Benchmarked("LeNet", "fashion_mnist", FOUR_WIDTHS, 1000, tuple(ROW_LABELS), sweep_compile=True,
+                             compared_with_pytorch=True),
     # A ResNet-20 train program takes about a minute to compile on a 2-core CPU: US-Net's sandwich is
     # snapped to a 0.25 grid (4 programs to warm up, not one per configuration: 85), and
     # AWN+RS runs in one pass only (per-width passes would warm up 119).
     "resnet20": Benchmarked("ResNet-20", "cifar10", FOUR_WIDTHS, 250,
                             tuple(r for r in ROW_LABELS if r != ("awn", "sandwich", False)), grid_step=0.25),
     "mobilenet_v2": Benchmarked("MobileNetV2", "cifar10", (1.0, 0.75, 0.5, 0.35), 100,
-                                (("awn", "sandwich", True), ("standard", "fixed", True))),
+                                (("awn", "sandwich", True), ("standard", "fixed", True)),
+                                compared_with_pytorch=True),
     "mobilenet_v2_imagenet": Benchmarked("MobileNetV2 (ImageNet, 224 px)", "imagenet2012", (1.0, 0.75, 0.5, 0.35),
                                          32, (("awn", "sandwich", True),)),
 }
@@ -175,15 +182,17 @@ def _warm_train_step(config):
     return one_step
 
 
-def torch_comparison(steps_timed: int, matmul: float, step_flops: float, pairs: int = 3) -> None:
-    """Prints LeNet AWN+RS training and inference, PyTorch (awn_jax.torch_reference) beside JAX.
+def torch_comparison(model_name: str, steps_timed: int, matmul: float, step_flops: float,
+                     pairs: int = 3) -> None:
+    """Prints a model's AWN+RS training and inference, PyTorch (``awn_jax.torch_reference``) beside JAX.
 
-    The two alternate, ``pairs`` times, each timed as the median of ``steps_timed`` calls;
-    the ratio of each pair and their median are printed. Before timing, both start from the
-    same variables and their logits and one step's losses are compared. For the train step
-    and inference at w = 1 it then prints the FLOP/s that 3x PyTorch's median would take
-    (:func:`speedup_needs`), against ``matmul``, a large matmul's FLOP/s on this device;
-    ``step_flops`` is the JAX AWN+RS step's (:func:`_step_flops`, batch 128).
+    PyTorch runs on CUDA where it sees a GPU, else on the CPU; JAX on its default backend. The two
+    alternate, ``pairs`` times, each timed as the median of ``steps_timed`` calls; the ratio of
+    each pair and their median are printed. Before timing, both start from the same variables
+    and their logits and one step's losses are compared. For the train step and inference at
+    w = 1 it then prints the FLOP/s that 3x PyTorch's median would take (:func:`speedup_needs`),
+    against ``matmul``, a large matmul's FLOP/s on this device; ``step_flops`` is the JAX AWN+RS
+    step's (:func:`_step_flops`, batch 128).
     """
     try:
         import torch
@@ -192,45 +201,58 @@ def torch_comparison(steps_timed: int, matmul: float, step_flops: float, pairs: 
     except ImportError:
         print("\nPyTorch comparison skipped: torch is not installed (pip install -e '.[bench]').")
         return
-    config = _train_config("lenet3c1l", "awn", "sandwich", True)
+    bench = BENCHMARKED[model_name]
+    config = _train_config(model_name, "awn", "sandwich", True)
     info, model, tx, state = _setup(config)
-    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    channels = steps.model_sizes(model, info.image_shape).features
-    reference = torch_reference.from_flax(torch_reference.TorchAWNLeNet(channels), variables)
+    on_device = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = jax.device_get(on_device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reference = torch_reference.from_flax(torch_reference.twin_of(model, info.image_shape), variables).to(device)
     optimizer = torch.optim.SGD(reference.parameters(), lr=config.learning_rate, momentum=config.optim.momentum,
                                 weight_decay=config.weight_decay)
+
+    def nchw(x):
+        return torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous().to(device)
+
     batch = _random_batch(info)
-    x = data.preprocess(jnp.asarray(batch["image"]), info)
-    images = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
-    labels = torch.from_numpy(batch["label"]).long()
-    reference.eval()
+    # The images of the step's own augmentation at step 0, for the check; the timed steps reuse them.
+    x = data.preprocess(jnp.asarray(batch["image"]), info, data.augmentation_key(config.seed, 0))
+    images, labels = nchw(x), torch.from_numpy(batch["label"]).long().to(device)
+    # Logits in train mode (batch statistics): at initialisation the running statistics of a deep
+    # model such as MobileNetV2 shrink its eval-mode logits to ~1e-15, which would compare nothing.
+    twin = copy.deepcopy(reference).train()
     with torch.no_grad():
-        logit_gap = max(float(np.abs(np.asarray(model.apply(variables, x, width=w))
-                                     - reference(images, w).numpy()).max()) for w in FOUR_WIDTHS)
+        pairs_of_logits = [(np.asarray(model.apply(on_device, x, width=w, train=True, mutable=["batch_stats"])[0]),
+                            twin(images, w).cpu().numpy()) for w in bench.widths]
+    del twin
+    logit_gap = max(float(np.abs(a - b).max()) for a, b in pairs_of_logits)
+    logit_size = max(float(np.abs(a).max()) for a, _ in pairs_of_logits)
     _, metrics, widths = train.make_train_step(config, model, tx, info, sharding.data_mesh())(state, batch, 0)
     loss_gap = float(np.abs(np.asarray(metrics["loss"])
                             - np.asarray(torch_reference.train_step(reference, optimizer, images, labels, widths)))
                      .max())
-    print(f"\nPyTorch {torch.__version__} ({torch.get_num_threads()} threads) against JAX, same variables:"
-          f" max |logit difference| {logit_gap:.1e} at widths {FOUR_WIDTHS}; after one step at widths"
-          f" {tuple(round(w, 3) for w in widths)}, max |loss difference| {loss_gap:.1e}.")
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
+    print(f"\nPyTorch {torch.__version__} ({where}) against JAX ({jax.devices()[0].device_kind}), {bench.label},"
+          f" same variables: max |logit difference| {logit_gap:.1e} (largest |logit| {logit_size:.1f}) in train"
+          f" mode at widths {bench.widths}; after one step at widths {tuple(round(w, 3) for w in widths)},"
+          f" max |loss difference| {loss_gap:.1e}.")
 
     jax_step = _warm_train_step(config)
     counter = iter(range(4, 10**9))
-    torch_reference.train_step(reference, optimizer, images, labels, FOUR_WIDTHS)  # warm-up
+    torch_reference.train_step(reference, optimizer, images, labels, bench.widths)  # warm-up
 
-    def torch_step():
+    def torch_step():  # returns the losses as floats, so the device has finished
         return torch_reference.train_step(reference, optimizer, images, labels, step_widths(config, next(counter)))
 
-    print("\n| LeNet AWN+RS train step (batch 128, 4 widths) | PyTorch images/s | JAX images/s | JAX / PyTorch |"
-          "\n|---|---|---|---|")
+    print(f"\n| {bench.label} AWN+RS train step (batch 128, 4 widths) | PyTorch images/s | JAX images/s |"
+          " JAX / PyTorch |\n|---|---|---|---|")
     torch_train = _alternate(lambda: median_seconds(torch_step, steps_timed),
                              lambda: median_seconds(jax_step, steps_timed), 128, pairs)
 
-    bench = BENCHMARKED["lenet3c1l"]
     x_big = jnp.asarray(np.random.default_rng(1).normal(size=(bench.batch, *info.image_shape)), jnp.float32)
-    images_big = torch.from_numpy(np.array(x_big)).permute(0, 3, 1, 2).contiguous()
-    print(f"\n| LeNet AWN inference (batch {bench.batch}) | PyTorch images/s | JAX images/s | JAX / PyTorch |"
+    images_big = nchw(x_big)
+    print(f"\n| {bench.label} AWN inference (batch {bench.batch}) | PyTorch images/s | JAX images/s | JAX / PyTorch |"
           "\n|---|---|---|---|")
     reference.eval()
     torch_inference = {}
@@ -240,7 +262,10 @@ def torch_comparison(steps_timed: int, matmul: float, step_flops: float, pairs: 
 
         def torch_forward(w=w):
             with torch.no_grad():
-                return reference(images_big, w)
+                logits = reference(images_big, w)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return logits
 
         torch_inference[w] = _alternate(lambda: median_seconds(torch_forward, steps_timed),
                                         lambda: median_seconds(lambda: forward(variables, x_big), steps_timed),
@@ -248,9 +273,9 @@ def torch_comparison(steps_timed: int, matmul: float, step_flops: float, pairs: 
 
     full = costs.width_cost(model, variables, info.image_shape, 1.0)
     rows = speedup_needs(3.0, torch_train, step_flops / 128, torch_inference[1.0], full, matmul)
-    print(f"\n| 3x PyTorch's median (2048^2 matmul: {matmul / 1e9:.0f} GFLOP/s) | GFLOP/s, zeros computed | of the"
-          " matmul's | GFLOP/s, every mask zero skipped (train step: scaled by w = 1's MACs ratio) |"
-          " of the matmul's |\n|---|---|---|---|---|")
+    print(f"\n| 3x PyTorch's median, {bench.label} (2048^2 matmul: {matmul / 1e9:.0f} GFLOP/s) | GFLOP/s, zeros"
+          " computed | of the matmul's | GFLOP/s, every mask zero skipped (train step: scaled by w = 1's MACs"
+          " ratio) | of the matmul's |\n|---|---|---|---|---|")
     for what, flops, share, skipped, skipped_share in rows:
         print(f"| {what} | {flops / 1e9:.0f} | {share:.0%} | {skipped / 1e9:.0f} | {skipped_share:.0%} |")
 
@@ -533,8 +558,9 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
 
     matmul = matmul_flops_per_second()
     step_flops = {name: _step_flops(_train_config(name, *BENCHMARKED[name].rows[0])) for name in args.models}
-    if "lenet3c1l" in args.models:
-        torch_comparison(args.steps, matmul, step_flops["lenet3c1l"])
+    for name in args.models:
+        if BENCHMARKED[name].compared_with_pytorch:
+            torch_comparison(name, args.steps, matmul, step_flops[name])
 
     for name in args.models:
         flops = step_flops[name]
