@@ -36,8 +36,8 @@ from jax import lax
 
 from awn_jax import pooling, runtime
 
-__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "ColumnBlocks", "BlockTriangular",
-           "XlaCpuInference", "training_lowering", "inference_lowering", "PlatformInference"]
+__all__ = ["ConvLowering", "conv2d", "BatchSplitConv", "OneChannelTaps", "DepthwiseTaps", "ColumnBlocks",
+           "BlockTriangular", "XlaCpuInference", "training_lowering", "inference_lowering", "PlatformInference"]
 
 Array = Any
 Padding = str | Sequence[tuple[int, int]]
@@ -149,16 +149,56 @@ class OneChannelTaps:
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         kh, kw, c_in, c_out = kernel.shape
-        sh, sw = strides
         pads = _explicit_pads(x, (kh, kw), strides, padding)
         if (groups != 1 or c_in != 1 or c_out > self.max_features or kh * kw > 9
                 or x.dtype != jnp.float32 or min(min(p) for p in pads) < 0):
             return conv2d(x, kernel, strides, padding, groups)
-        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-        oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-        taps = (x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * kernel[i, j, 0]
-                for i in range(kh) for j in range(kw))
-        return functools.reduce(operator.add, taps)
+        return _tap_sum(x, kernel, strides, pads)
+
+
+def _tap_sum(x: Array, kernel: Array, strides: Sequence[int], pads: Sequence[tuple[int, int]]) -> Array:
+    """The convolution as ``kh * kw`` shifted copies of ``x``, each times one kernel row ``(C_out,)``, summed.
+
+    That is the convolution where ``x`` has one channel (broadcast to every output) and where
+    it is depthwise (``x``'s channels are the outputs).
+    """
+    kh, kw = kernel.shape[:2]
+    sh, sw = strides
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    taps = (x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * kernel[i, j, 0]
+            for i in range(kh) for j in range(kw))
+    return functools.reduce(operator.add, taps)
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthwiseTaps(_PoolsAsInner):
+    """``inner``, with a depthwise convolution as multiply-adds: ``kh * kw`` scaled, shifted copies of its input.
+
+    XLA:CPU (jaxlib 0.10) runs a grouped convolution far below its rate, with or without
+    YNNPACK, while the sum of shifted products is one fused loop over the input. MobileNetV2's
+    3x3 depthwise convolution and ReLU6 at batch 100, 32x32 maps, 138 channels: 416 ms as
+    XLA's convolution, 11.6 ms as multiply-adds; forward and backward 1,051 ms against 95 ms
+    (docs/PERFORMANCE_NOTES.md, "Depthwise convolutions"). Only float32 depthwise convolutions
+    (one kernel column per channel: ``groups`` equal to the input and output channels, more
+    than one) with non-negative padding take this form; every other convolution goes to
+    ``inner``.
+
+    Attributes:
+      inner: the lowering of every other convolution.
+    """
+
+    inner: ConvLowering = conv2d
+
+    def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                 padding: Padding = "VALID", groups: int = 1) -> Array:
+        kh, kw, per_group, c_out = kernel.shape
+        if not (1 < groups == x.shape[-1] == c_out and per_group == 1 and x.dtype == kernel.dtype == jnp.float32):
+            return self.inner(x, kernel, strides, padding, groups)
+        pads = _explicit_pads(x, (kh, kw), strides, padding)
+        if min(min(p) for p in pads) < 0:
+            return self.inner(x, kernel, strides, padding, groups)
+        return _tap_sum(x, kernel, strides, pads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,13 +342,16 @@ class BlockTriangular(_PoolsAsInner):
 def training_lowering(backend: str | None = None) -> ConvLowering:
     """The conv lowering for training programs on ``backend`` (default: JAX's default backend).
 
-    ``BatchSplitConv(8)`` on ``'cpu'`` when XLA:CPU convolves with YNNPACK (its default),
-    :func:`conv2d` with XLA's own convolutions (``runtime.xla_cpu_tuned()``) and on
-    accelerators; each measured fastest where it is used (docs/PERFORMANCE_NOTES.md).
+    On ``'cpu'``, depthwise convolutions as multiply-adds (:class:`DepthwiseTaps`) around
+    ``BatchSplitConv(8)`` where XLA:CPU convolves with YNNPACK (its default), around
+    :func:`conv2d` with XLA's own convolutions (``runtime.xla_cpu_tuned()``); :func:`conv2d`
+    on accelerators. Each was measured fastest where it is used (docs/PERFORMANCE_NOTES.md).
     Inference programs take :func:`inference_lowering`'s.
     """
     backend = jax.default_backend() if backend is None else backend
-    return BatchSplitConv(8) if backend == "cpu" and not runtime.xla_cpu_tuned() else conv2d
+    if backend != "cpu":
+        return conv2d
+    return DepthwiseTaps(conv2d if runtime.xla_cpu_tuned() else BatchSplitConv(8))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,12 +375,14 @@ class XlaCpuInference:
     batch sizes and other dtypes were not measured: the rules extend the pattern to them. So
     does the exception, which looks at a convolution's output count whether or not a pool
     follows (ResNets have none) and, inside ``BlockTriangular``, at each block's count.
+    Depthwise convolutions (MobileNetV2's), which column blocks leave to ``blocks.inner``, are
+    multiply-adds there (:class:`DepthwiseTaps`).
 
     Attributes:
       blocks: the convolutions' lowering; its ``inner`` convolves to the pool-fusing counts.
     """
 
-    blocks: ColumnBlocks = ColumnBlocks(24, OneChannelTaps(16))
+    blocks: ColumnBlocks = ColumnBlocks(24, DepthwiseTaps(OneChannelTaps(16)))
 
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
@@ -357,13 +402,17 @@ def inference_lowering(backend: str | None = None) -> ConvLowering:
     """The conv lowering for inference programs on ``backend`` (default: JAX's default backend).
 
     :class:`XlaCpuInference` on ``'cpu'`` with XLA's own convolutions
-    (``runtime.xla_cpu_tuned()``): multiply-adds for one-input-channel convolutions with at most
-    16 outputs, column blocks for other convolutions with at most 24, and max-pools by channel
-    count; :func:`conv2d` elsewhere. With no ``backend`` it asks JAX for the default one, which
-    starts JAX's backends; :class:`PlatformInference` asks only when a program is traced.
+    (``runtime.xla_cpu_tuned()``): multiply-adds for depthwise convolutions and for
+    one-input-channel convolutions with at most 16 outputs, column blocks for other convolutions
+    with at most 24, and max-pools by channel count; on a CPU without that setting, multiply-adds
+    for depthwise convolutions (:class:`DepthwiseTaps`); :func:`conv2d` on accelerators. With no
+    ``backend`` it asks JAX for the default one, which starts JAX's backends;
+    :class:`PlatformInference` asks only when a program is traced.
     """
     backend = jax.default_backend() if backend is None else backend
-    return XlaCpuInference() if backend == "cpu" and runtime.xla_cpu_tuned() else conv2d
+    if backend != "cpu":
+        return conv2d
+    return XlaCpuInference() if runtime.xla_cpu_tuned() else DepthwiseTaps(conv2d)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """Conv lowerings (splitting a convolution over the batch computes the same function) and XLA:CPU's kernels."""
 
 import os
+import re
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from awn_jax import anytime, conv, costs, layers, masks, pooling, runtime
@@ -43,9 +45,9 @@ def test_batch_split_equals_one_convolution_values_and_gradients(hw, c, k, o, st
 def test_training_lowering_splits_on_an_untuned_cpu_only_and_lowerings_hash_by_value(monkeypatch):
     backend = jax.default_backend()  # started before XLA_FLAGS changes below
     monkeypatch.setenv("XLA_FLAGS", "")
-    assert conv.training_lowering("cpu") == conv.BatchSplitConv(8)
+    assert conv.training_lowering("cpu") == conv.DepthwiseTaps(conv.BatchSplitConv(8))
     monkeypatch.setenv("XLA_FLAGS", " ".join(runtime.XLA_CPU_FLAGS))
-    assert conv.training_lowering("cpu") is conv.conv2d
+    assert conv.training_lowering("cpu") == conv.DepthwiseTaps(conv.conv2d)
     assert conv.training_lowering("gpu") is conv.conv2d
     assert conv.training_lowering("tpu") is conv.conv2d
     assert conv.training_lowering() == conv.training_lowering(backend)
@@ -96,6 +98,72 @@ def test_one_channel_taps_leave_every_other_convolution_to_conv2d(c, o, groups, 
     assert "convolution" in program
     np.testing.assert_array_equal(taps(x, kernel, (1, 1), padding, groups),
                                   conv.conv2d(x, kernel, (1, 1), padding, groups))
+
+
+DEPTHWISE_CASES = [
+    # (input HW, channels, kernel, strides, padding): MobileNetV2's (SAME, stride 1 and 2 on even and
+    # odd maps) and other forms.
+    ((8, 8), 6, (3, 3), (1, 1), "SAME"),
+    ((8, 8), 5, (3, 3), (2, 2), "SAME"),
+    ((7, 9), 4, (3, 3), (2, 2), "SAME"),
+    ((9, 8), 3, (2, 3), (1, 2), ((0, 1), (2, 1))),
+]
+
+
+@pytest.mark.parametrize("hw,c,k,strides,padding", DEPTHWISE_CASES)
+def test_depthwise_taps_equal_one_grouped_convolution_values_and_gradients(hw, c, k, strides, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, *hw, c)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*k, 1, c)), jnp.float32)
+    taps = conv.DepthwiseTaps()
+
+    def loss(lowering):
+        return lambda x, w: jnp.sum(jnp.sin(lowering(x, w, strides, padding, c)))
+
+    np.testing.assert_allclose(taps(x, kernel, strides, padding, c), conv.conv2d(x, kernel, strides, padding, c),
+                               rtol=1e-5, atol=1e-5)
+    assert "convolution" not in jax.jit(lambda x, w: taps(x, w, strides, padding, c)).lower(x, kernel).as_text()
+    for a, b in zip(jax.grad(loss(taps), (0, 1))(x, kernel), jax.grad(loss(conv.conv2d), (0, 1))(x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,per_group,o,groups,dtype,padding", [
+    (4, 4, 4, 1, jnp.float32, "SAME"), (4, 1, 8, 4, jnp.float32, "SAME"), (4, 2, 2, 2, jnp.float32, "SAME"),
+    (4, 1, 4, 4, jnp.bfloat16, "SAME"), (4, 1, 4, 4, jnp.float32, ((-1, 1), (0, 0))),
+], ids=["not-grouped", "channel-multiplier", "two-per-group", "bfloat16", "negative-padding"])
+def test_depthwise_taps_leave_every_other_convolution_to_inner(c, per_group, o, groups, dtype, padding):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, c)), dtype)
+    kernel = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, per_group, o)), dtype)
+    inner = conv.BatchSplitConv(1)  # a program of its own: one convolution per image
+
+    def program(lowering):
+        return jax.jit(lambda x, w: lowering(x, w, (1, 1), padding, groups)).lower(x, kernel).as_text()
+
+    assert program(conv.DepthwiseTaps(inner)) == program(inner)
+
+
+def test_mobilenet_v2_with_depthwise_taps_equals_the_convolution_in_training_and_inference():
+    model = MobileNetV2(block_settings=((1, 8, 1, 1), (6, 12, 2, 2)), last_channels=32)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 10, 10, 3)), jnp.float32)
+    variables = random_variables(model, x)
+    labels = jnp.arange(4)
+    tuned = model.clone(conv_lowering=conv.XlaCpuInference())
+    for width in (1.0, 0.35):
+        program = jax.jit(lambda v: tuned.apply(v, x, width=width)).lower(variables).as_text()
+        groups = {int(g) for g in re.findall(r"feature_group_count = (\d+)", program)}
+        assert groups == {1}  # every depthwise convolution is multiply-adds
+        np.testing.assert_allclose(tuned.apply(variables, x, width=width), model.apply(variables, x, width=width),
+                                   rtol=1e-5, atol=1e-5)
+
+    def loss(m):
+        def f(params):
+            logits, _ = m.apply({**variables, "params": params}, x, width=0.6, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return jax.jit(jax.grad(f))
+
+    taps, plain = loss(model.clone(conv_lowering=conv.DepthwiseTaps())), loss(model)
+    for a, b in zip(jax.tree.leaves(taps(variables["params"])), jax.tree.leaves(plain(variables["params"]))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 BLOCK_CASES = [
@@ -232,7 +300,8 @@ def test_the_lowering_picks_the_pooling_form_by_channel_count():
 def test_inference_lowering_is_xla_cpus_on_a_tuned_cpu_only_and_config_models_carry_it(monkeypatch):
     backend = jax.default_backend()  # started before XLA_FLAGS changes below
     monkeypatch.setenv("XLA_FLAGS", " ".join(runtime.XLA_CPU_FLAGS))
-    assert conv.inference_lowering("cpu") == conv.XlaCpuInference(conv.ColumnBlocks(24, conv.OneChannelTaps(16)))
+    assert conv.inference_lowering("cpu") == conv.XlaCpuInference(
+        conv.ColumnBlocks(24, conv.DepthwiseTaps(conv.OneChannelTaps(16))))
     assert conv.inference_lowering("gpu") is conv.conv2d
     assert conv.inference_lowering("tpu") is conv.conv2d
     assert from_config(lenet_config("fashion_mnist"), 10).conv_lowering == conv.PlatformInference()
@@ -240,10 +309,10 @@ def test_inference_lowering_is_xla_cpus_on_a_tuned_cpu_only_and_config_models_ca
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
     kernel = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 1, 5)), jnp.float32)
     program = jax.jit(lambda x, w: conv.PlatformInference()(x, w)).lower(x, kernel).as_text()
-    assert ("convolution" in program) == (conv.inference_lowering(backend) is conv.conv2d)
+    assert ("convolution" in program) == (not isinstance(conv.inference_lowering(backend), conv.XlaCpuInference))
     np.testing.assert_allclose(conv.PlatformInference()(x, kernel), conv.conv2d(x, kernel), rtol=1e-5, atol=1e-5)
     monkeypatch.setenv("XLA_FLAGS", "")
-    assert conv.inference_lowering("cpu") is conv.conv2d
+    assert conv.inference_lowering("cpu") == conv.DepthwiseTaps(conv.conv2d)
     for bad in (0, -3, 16.0, False):
         with pytest.raises(ValueError, match="positive int max_features"):
             conv.OneChannelTaps(bad)
