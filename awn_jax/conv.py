@@ -179,10 +179,10 @@ class DepthwiseTaps(_PoolsAsInner):
     YNNPACK, while the sum of shifted products is one fused loop over the input. MobileNetV2's
     3x3 depthwise convolution and ReLU6 at batch 100, 32x32 maps, 138 channels: 416 ms as
     XLA's convolution, 11.6 ms as multiply-adds; forward and backward 1,051 ms against 95 ms
-    (docs/PERFORMANCE_NOTES.md, "Depthwise convolutions"). Only float32 depthwise convolutions
-    (one kernel column per channel: ``groups`` equal to the input and output channels, more
-    than one) with non-negative padding take this form; every other convolution goes to
-    ``inner``.
+    (docs/PERFORMANCE_NOTES.md, "Depthwise convolutions"). Only what was measured takes this
+    form: float32 depthwise convolutions (one kernel column per channel: ``groups`` equal to the
+    input and output channels, more than one) with kernels of at most 3x3 and non-negative
+    padding; every other convolution goes to ``inner``.
 
     Attributes:
       inner: the lowering of every other convolution.
@@ -193,7 +193,8 @@ class DepthwiseTaps(_PoolsAsInner):
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         kh, kw, per_group, c_out = kernel.shape
-        if not (1 < groups == x.shape[-1] == c_out and per_group == 1 and x.dtype == kernel.dtype == jnp.float32):
+        if not (1 < groups == x.shape[-1] == c_out and per_group == 1 and kh * kw <= 9
+                and x.dtype == kernel.dtype == jnp.float32):
             return self.inner(x, kernel, strides, padding, groups)
         pads = _explicit_pads(x, (kh, kw), strides, padding)
         if min(min(p) for p in pads) < 0:
@@ -342,16 +343,15 @@ class BlockTriangular(_PoolsAsInner):
 def training_lowering(backend: str | None = None) -> ConvLowering:
     """The conv lowering for training programs on ``backend`` (default: JAX's default backend).
 
-    On ``'cpu'``, depthwise convolutions as multiply-adds (:class:`DepthwiseTaps`) around
-    ``BatchSplitConv(8)`` where XLA:CPU convolves with YNNPACK (its default), around
-    :func:`conv2d` with XLA's own convolutions (``runtime.xla_cpu_tuned()``); :func:`conv2d`
-    on accelerators. Each was measured fastest where it is used (docs/PERFORMANCE_NOTES.md).
-    Inference programs take :func:`inference_lowering`'s.
+    ``BatchSplitConv(8)`` on ``'cpu'`` when XLA:CPU convolves with YNNPACK (its default),
+    :func:`conv2d` with XLA's own convolutions (``runtime.xla_cpu_tuned()``) and on
+    accelerators; each measured fastest where it is used (docs/PERFORMANCE_NOTES.md).
+    Depthwise convolutions as multiply-adds (:class:`DepthwiseTaps`) made MobileNetV2's CPU
+    train step 3.1x faster but its peak memory 1.7x larger (15.3 against 9.0 GB at batch 128),
+    so training keeps the convolution. Inference programs take :func:`inference_lowering`'s.
     """
     backend = jax.default_backend() if backend is None else backend
-    if backend != "cpu":
-        return conv2d
-    return DepthwiseTaps(conv2d if runtime.xla_cpu_tuned() else BatchSplitConv(8))
+    return BatchSplitConv(8) if backend == "cpu" and not runtime.xla_cpu_tuned() else conv2d
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,19 +105,25 @@ class _PrefixBatchNorm(torch.nn.BatchNorm2d):
 
 
 class TorchAWNLeNet(torch.nn.Module):
-    """LeNet-3C1L with triangular convs (AWN), ``channels`` wide, for ``(N, C, 28, 28)`` images."""
+    """LeNet-3C1L with triangular convs (AWN), ``channels`` wide, for square ``(N, C, H, H)`` images.
 
-    def __init__(self, channels: int = 45, num_classes: int = 10, in_channels: int = 1, final_side: int = 4):
+    ``final_side`` is the side of the last pooled map (4 for 28-pixel images); ``bn_momentum`` is
+    Flax's (the old value's weight: PyTorch's 0.1 is 0.9).
+    """
+
+    def __init__(self, channels: int = 45, num_classes: int = 10, in_channels: int = 1, final_side: int = 4,
+                 bn_momentum: float = 0.9):
         super().__init__()
         self.channels, self.final_side = channels, final_side
         conv = dict(padding="VALID", bias=True)
         self.conv1 = _WidthConv(in_channels, channels, 3, triangular=False, **conv)  # reads every image channel
         self.conv2 = _WidthConv(channels, channels, 3, **conv)
         self.conv3 = _WidthConv(channels, channels, 5, **conv)
-        self.bns = torch.nn.ModuleList(_PrefixBatchNorm(channels) for _ in range(3))
+        self.bns = torch.nn.ModuleList(_PrefixBatchNorm(channels, momentum=1 - bn_momentum) for _ in range(3))
         self.classifier = torch.nn.Linear(channels * final_side**2, num_classes)
 
     def forward(self, x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
+        """Logits at ``width`` for NCHW images ``x``."""
         c = num_channels(width, self.channels)
         x = F.relu(self.bns[0](self.conv1(x, c)))
         x = F.max_pool2d(F.relu(self.bns[1](self.conv2(x, c))), 2)
@@ -139,15 +145,15 @@ class TorchAWNLeNet(torch.nn.Module):
 class _InvertedResidual(torch.nn.Module):
     """Expand 1x1 -> depthwise 3x3 -> project 1x1 (linear), residual when shapes match."""
 
-    def __init__(self, in_features: int, features: int, expansion: int, stride: int):
+    def __init__(self, in_features: int, features: int, expansion: int, stride: int, momentum: float):
         super().__init__()
         self.hidden, self.features = in_features * expansion, features
         self.expand = _WidthConv(in_features, self.hidden, 1) if expansion != 1 else None
-        self.expand_bn = _PrefixBatchNorm(self.hidden) if expansion != 1 else None
+        self.expand_bn = _PrefixBatchNorm(self.hidden, momentum=momentum) if expansion != 1 else None
         self.depthwise = _WidthConv(self.hidden, self.hidden, 3, stride, depthwise=True)
-        self.depthwise_bn = _PrefixBatchNorm(self.hidden)
+        self.depthwise_bn = _PrefixBatchNorm(self.hidden, momentum=momentum)
         self.project = _WidthConv(self.hidden, features, 1)
-        self.project_bn = _PrefixBatchNorm(features)
+        self.project_bn = _PrefixBatchNorm(features, momentum=momentum)
         self.residual = stride == 1 and in_features == features
 
     def forward(self, x: torch.Tensor, width: float) -> torch.Tensor:
@@ -169,32 +175,32 @@ class TorchAWNMobileNetV2(torch.nn.Module):
     """MobileNetV2 with triangular 1x1 convs and sliced depthwise convs (AWN), for ``(N, C, H, W)`` images.
 
     The arguments are ``awn_jax.models.MobileNetV2``'s: every base count times ``multiplier``
-    (rounded), hidden counts the input count times the expansion.
+    (rounded as the Flax model rounds it), hidden counts the input count times the expansion;
+    ``bn_momentum`` is Flax's (the old value's weight: PyTorch's 0.1 is 0.9).
     """
 
     def __init__(self, num_classes: int = 10, multiplier: float = math.sqrt(2),
                  block_settings: Sequence[tuple[int, int, int, int]] = CIFAR_BLOCKS, stem_channels: int = 32,
-                 stem_strides: int = 1, last_channels: int = 1280, in_channels: int = 3):
+                 stem_strides: int = 1, last_channels: int = 1280, in_channels: int = 3, bn_momentum: float = 0.9):
         super().__init__()
-
-        def full(base: int) -> int:
-            return max(1, round(base * multiplier))
-
+        full = variant_spec("awn", multiplier, None).channels
+        momentum = 1 - bn_momentum
         channels = self.stem_features = full(stem_channels)
         self.stem = _WidthConv(in_channels, channels, 3, stem_strides, triangular=False)
-        self.stem_bn = _PrefixBatchNorm(channels)
+        self.stem_bn = _PrefixBatchNorm(channels, momentum=momentum)
         blocks = []
         for t, c, n, s in block_settings:
             for i in range(n):
-                blocks.append(_InvertedResidual(channels, full(c), t, s if i == 0 else 1))
+                blocks.append(_InvertedResidual(channels, full(c), t, s if i == 0 else 1, momentum))
                 channels = full(c)
         self.blocks = torch.nn.ModuleList(blocks)
         self.last = full(last_channels)
         self.head = _WidthConv(channels, self.last, 1)
-        self.head_bn = _PrefixBatchNorm(self.last)
+        self.head_bn = _PrefixBatchNorm(self.last, momentum=momentum)
         self.classifier = torch.nn.Linear(self.last, num_classes)
 
     def forward(self, x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
+        """Logits at ``width`` for NCHW images ``x``."""
         x = F.relu6(self.stem_bn(self.stem(x, num_channels(width, self.stem_features))))
         for block in self.blocks:
             x = block(x, width)
@@ -216,28 +222,48 @@ class TorchAWNMobileNetV2(torch.nn.Module):
 
 
 def twin_of(model: LeNet3C1L | MobileNetV2, image_shape: Sequence[int]) -> torch.nn.Module:
-    """The PyTorch twin of a Flax AWN model for ``(H, W, C)`` images, its parameters still zero (:func:`from_flax`).
+    """The PyTorch twin of a Flax AWN model, its parameters still zero (:func:`from_flax` copies them).
+
+    Args:
+      model: an AWN (``variant='awn'``) ``LeNet3C1L`` or ``MobileNetV2`` (either layout), float32.
+      image_shape: the model's ``(H, W, C)`` images.
+
+    Returns:
+      A :class:`TorchAWNLeNet` or :class:`TorchAWNMobileNetV2` of the same channel counts,
+      layout and BatchNorm momentum.
 
     Raises:
-      ValueError: ``model`` is not an AWN LeNet-3C1L or MobileNetV2, or LeNet's images leave no map to pool.
+      ValueError: there is no twin of ``model`` (another model, variant or dtype), or LeNet's
+        images are not square or leave no map to pool.
     """
-    if not isinstance(model, (LeNet3C1L, MobileNetV2)) or model.variant != "awn":
-        raise ValueError(f"No PyTorch twin of {type(model).__name__}(variant={getattr(model, 'variant', None)!r}):"
-                         " there are twins of the AWN LeNet3C1L and MobileNetV2 only.")
-    multiplier = variant_spec(model.variant, model.width_multiplier, None).multiplier
-    height, _, in_channels = image_shape
+    supported = isinstance(model, (LeNet3C1L, MobileNetV2)) and model.variant == "awn"
+    if not supported or np.dtype(model.dtype or np.float32) != np.float32:
+        raise ValueError(f"No PyTorch twin of {type(model).__name__}(variant={getattr(model, 'variant', None)!r},"
+                         f" dtype={getattr(model, 'dtype', None)!r}): there are twins of the float32 AWN LeNet3C1L"
+                         " and MobileNetV2 only.")
+    spec = variant_spec(model.variant, model.width_multiplier, None)
+    height, width, in_channels = image_shape
     if isinstance(model, LeNet3C1L):
         side = ((height - 4) // 2 - 4) // 2  # two 3x3 VALID convs, a pool, a 5x5 VALID conv, a pool
-        if side < 1:
-            raise ValueError(f"LeNet3C1L needs images of at least 16 pixels a side, got {tuple(image_shape)}.")
-        return TorchAWNLeNet(max(1, round(model.base_channels * multiplier)), model.num_classes, in_channels, side)
-    return TorchAWNMobileNetV2(model.num_classes, multiplier, model.block_settings, model.stem_channels,
-                               model.stem_strides, model.last_channels, in_channels)
+        if height != width or side < 1:
+            raise ValueError(f"The LeNet3C1L twin takes square images of at least 16 pixels a side, got"
+                             f" {tuple(image_shape)}.")
+        return TorchAWNLeNet(spec.channels(model.base_channels), model.num_classes, in_channels, side,
+                             model.bn_momentum)
+    return TorchAWNMobileNetV2(model.num_classes, spec.multiplier, model.block_settings, model.stem_channels,
+                               model.stem_strides, model.last_channels, in_channels, model.bn_momentum)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor, widths: Sequence[float]) -> list[float]:
     """The reference step: a forward and backward pass per width, gradients summed, one update.
+
+    Args:
+      model: a twin (train mode is set here).
+      optimizer: over ``model``'s parameters.
+      images: NCHW, on ``model``'s device.
+      labels: class indices, on ``model``'s device.
+      widths: the step's widths, in order.
 
     Returns:
       The loss at each width (read back once, after the update, so that an accelerator
@@ -255,7 +281,15 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 
 
 def from_flax(model: torch.nn.Module, variables: dict) -> torch.nn.Module:
-    """Copies a Flax AWN model's variables into its PyTorch twin ``model`` (on the CPU); returns ``model``."""
+    """Copies a Flax AWN model's variables into its PyTorch twin.
+
+    Args:
+      model: the twin (:func:`twin_of`), on the CPU (move it after).
+      variables: the Flax model's ``{'params', 'batch_stats'}``, host arrays.
+
+    Returns:
+      ``model``.
+    """
     with torch.no_grad():
         model.load_flax(variables)
     return model

@@ -11,21 +11,14 @@ import pytest
 
 from awn_jax.models.lenet import LeNet3C1L
 from awn_jax.models.mobilenet_v2 import MobileNetV2
+from helpers import random_variables
 
 torch = pytest.importorskip("torch")
-torch_reference = pytest.importorskip("awn_jax.torch_reference")
+from awn_jax import torch_reference  # noqa: E402  (needs torch: after the skip)
 
 # Every kind of block: expansion 1 and 6, a residual one, stride 2 on an even (10) and an odd (5) map.
 SMALL_BLOCKS = ((1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 1, 2))
 WIDTHS = (1.0, 0.6, 0.35)
-
-
-def _random_variables(model, images):
-    variables = jax.jit(model.init)(jax.random.key(0), images)
-    rng = np.random.default_rng(1)
-    # Non-trivial BatchNorm parameters and statistics, so that every slice is read.
-    return jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), a.dtype) if a.ndim == 1 else a,
-                        variables)
 
 
 def _twin(model, variables, shape):
@@ -40,7 +33,7 @@ CASES = {"lenet": (LeNet3C1L(), (6, 28, 28, 1)),
 def test_the_pytorch_twin_gives_the_flax_models_logits_and_batchnorm_updates(name):
     model, shape = CASES[name]
     images = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
-    variables = _random_variables(model, images)
+    variables = random_variables(model, images)
     twin = _twin(model, variables, shape)
     nchw = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()
     # Eval mode at every width, then train mode (batch statistics, running statistics updated on the
@@ -64,7 +57,7 @@ def test_the_pytorch_twins_summed_gradients_are_the_flax_models():
     model, shape = CASES["mobilenet_v2"]
     images = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
     labels = jnp.arange(shape[0]) % 10
-    variables = _random_variables(model, images)
+    variables = random_variables(model, images)
     twin = _twin(model, variables, shape)
     optimizer = torch.optim.SGD(twin.parameters(), lr=0.0)  # the update leaves the gradients to read
 
@@ -93,9 +86,17 @@ def test_the_pytorch_twins_summed_gradients_are_the_flax_models():
                                grads["blocks_1"]["project_bn"]["scale"], rtol=1e-3, atol=1e-5)
 
 
-def test_only_awn_lenet_and_mobilenet_v2_have_a_pytorch_twin():
-    with pytest.raises(ValueError, match=r"No PyTorch twin of LeNet3C1L\(variant='standard'\): there are twins of"
-                                         " the AWN LeNet3C1L and MobileNetV2 only."):
+def test_only_float32_awn_lenet_and_mobilenet_v2_have_a_pytorch_twin():
+    with pytest.raises(ValueError, match=r"No PyTorch twin of LeNet3C1L\(variant='standard', dtype=None\): there are"
+                                         " twins of the float32 AWN LeNet3C1L and MobileNetV2 only."):
         torch_reference.twin_of(LeNet3C1L(variant="standard"), (28, 28, 1))
-    with pytest.raises(ValueError, match=r"LeNet3C1L needs images of at least 16 pixels a side, got \(12, 12, 1\)"):
-        torch_reference.twin_of(LeNet3C1L(), (12, 12, 1))
+    with pytest.raises(ValueError, match="No PyTorch twin of MobileNetV2.*dtype=<class 'jax.numpy.bfloat16'>"):
+        torch_reference.twin_of(MobileNetV2(dtype=jnp.bfloat16), (32, 32, 3))
+    for shape in ((12, 12, 1), (28, 30, 1)):
+        with pytest.raises(ValueError, match=r"The LeNet3C1L twin takes square images of at least 16 pixels a side,"
+                                             rf" got \({shape[0]}, {shape[1]}, 1\)"):
+            torch_reference.twin_of(LeNet3C1L(), shape)
+    # The BatchNorm momentum follows the model's (Flax's weight of the old value).
+    twin = torch_reference.twin_of(MobileNetV2(bn_momentum=0.99, block_settings=SMALL_BLOCKS), (10, 10, 3))
+    momenta = [m.momentum for m in twin.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert momenta and all(m == pytest.approx(0.01) for m in momenta)

@@ -222,8 +222,9 @@ def torch_comparison(model_name: str, steps_timed: int, matmul: float, step_flop
     # model such as MobileNetV2 shrink its eval-mode logits to ~1e-15, which would compare nothing.
     twin = copy.deepcopy(reference).train()
     with torch.no_grad():
-        pairs_of_logits = [(np.asarray(model.apply(on_device, x, width=w, train=True, mutable=["batch_stats"])[0]),
-                            twin(images, w).cpu().numpy()) for w in bench.widths]
+        train_logits = jax.jit(lambda v, x: [model.apply(v, x, width=w, train=True, mutable=["batch_stats"])[0]
+                                             for w in bench.widths])(on_device, x)
+        pairs_of_logits = [(np.asarray(a), twin(images, w).cpu().numpy()) for a, w in zip(train_logits, bench.widths)]
     del twin
     logit_gap = max(float(np.abs(a - b).max()) for a, b in pairs_of_logits)
     logit_size = max(float(np.abs(a).max()) for a, _ in pairs_of_logits)
@@ -258,7 +259,7 @@ def torch_comparison(model_name: str, steps_timed: int, matmul: float, step_flop
     torch_inference = {}
     for w in bench.widths:
         forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
-        forward(variables, x_big).block_until_ready()
+        forward(on_device, x_big).block_until_ready()
 
         def torch_forward(w=w):
             with torch.no_grad():
@@ -268,7 +269,7 @@ def torch_comparison(model_name: str, steps_timed: int, matmul: float, step_flop
             return logits
 
         torch_inference[w] = _alternate(lambda: median_seconds(torch_forward, steps_timed),
-                                        lambda: median_seconds(lambda: forward(variables, x_big), steps_timed),
+                                        lambda: median_seconds(lambda: forward(on_device, x_big), steps_timed),
                                         bench.batch, pairs, label=f"w = {w:g}")
 
     full = costs.width_cost(model, variables, info.image_shape, 1.0)
@@ -579,7 +580,10 @@ def main(args: flags.FlagValues, positional: list[str]) -> int:
 
 
 def _name(lowering: Any) -> str:
-    """A lowering as the reader knows it: a function's name, a lowering object's repr."""
+    """A lowering as the reader knows it: a function's name, a lowering object's fields, recursively."""
+    if dataclasses.is_dataclass(lowering):
+        fields = ", ".join(f"{f.name}={_name(getattr(lowering, f.name))}" for f in dataclasses.fields(lowering))
+        return f"{type(lowering).__name__}({fields})"
     return getattr(lowering, "__name__", None) or repr(lowering)
 
 
