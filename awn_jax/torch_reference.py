@@ -27,7 +27,7 @@ from awn_jax.models.lenet import LeNet3C1L
 from awn_jax.models.mobilenet_v2 import CIFAR_BLOCKS, MobileNetV2
 from awn_jax.widths import num_channels
 
-__all__ = ["TorchAWNLeNet", "TorchAWNMobileNetV2", "twin_of", "train_step", "from_flax"]
+__all__ = ["TorchAWNLeNet", "TorchAWNMobileNetV2", "twin_of", "train_step", "from_flax", "to_nchw"]
 
 
 def _tensor(a: Any) -> torch.Tensor:
@@ -293,3 +293,8 @@ def from_flax(model: torch.nn.Module, variables: dict) -> torch.nn.Module:
     with torch.no_grad():
         model.load_flax(variables)
     return model
+
+
+def to_nchw(images: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    """NHWC images (a JAX or NumPy array) as the twins take them: a contiguous NCHW tensor on ``device``."""
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous().to(device)

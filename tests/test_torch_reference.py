@@ -35,7 +35,7 @@ def test_the_pytorch_twin_gives_the_flax_models_logits_and_batchnorm_updates(nam
     images = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
     variables = random_variables(model, images)
     twin = _twin(model, variables, shape)
-    nchw = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()
+    nchw = torch_reference.to_nchw(images)
     # Eval mode at every width, then train mode (batch statistics, running statistics updated on the
     # active prefix only): one program.
     expected = jax.jit(lambda v, x: ([model.apply(v, x, width=w) for w in WIDTHS],
@@ -72,7 +72,7 @@ def test_the_pytorch_twins_summed_gradients_are_the_flax_models():
         return total
 
     grads = jax.jit(jax.grad(loss))(variables["params"])
-    nchw = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()
+    nchw = torch_reference.to_nchw(images)
     torch_reference.train_step(twin, optimizer, nchw, torch.from_numpy(np.array(labels)).long(), widths)
     pairs = [(twin.stem.weight, grads["stem"]["kernel"]),
              (twin.blocks[1].expand.weight, grads["blocks_1"]["expand"]["kernel"]),  # triangular, masked zeros

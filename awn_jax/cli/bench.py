@@ -211,13 +211,10 @@ def torch_comparison(model_name: str, steps_timed: int, matmul: float, step_flop
     optimizer = torch.optim.SGD(reference.parameters(), lr=config.learning_rate, momentum=config.optim.momentum,
                                 weight_decay=config.weight_decay)
 
-    def nchw(x):
-        return torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous().to(device)
-
     batch = _random_batch(info)
     # The images of the step's own augmentation at step 0, for the check; the timed steps reuse them.
     x = data.preprocess(jnp.asarray(batch["image"]), info, data.augmentation_key(config.seed, 0))
-    images, labels = nchw(x), torch.from_numpy(batch["label"]).long().to(device)
+    images, labels = torch_reference.to_nchw(x, device), torch.from_numpy(batch["label"]).long().to(device)
     # Logits in train mode (batch statistics): at initialisation the running statistics of a deep
     # model such as MobileNetV2 shrink its eval-mode logits to ~1e-15, which would compare nothing.
     twin = copy.deepcopy(reference).train()
@@ -252,7 +249,7 @@ def torch_comparison(model_name: str, steps_timed: int, matmul: float, step_flop
                              lambda: median_seconds(jax_step, steps_timed), 128, pairs)
 
     x_big = jnp.asarray(np.random.default_rng(1).normal(size=(bench.batch, *info.image_shape)), jnp.float32)
-    images_big = nchw(x_big)
+    images_big = torch_reference.to_nchw(x_big, device)
     print(f"\n| {bench.label} AWN inference (batch {bench.batch}) | PyTorch images/s | JAX images/s | JAX / PyTorch |"
           "\n|---|---|---|---|")
     reference.eval()
