@@ -160,8 +160,14 @@ def _tap_sum(x: Array, kernel: Array, strides: Sequence[int], pads: Sequence[tup
     """The convolution as ``kh * kw`` shifted copies of ``x``, each times one kernel row ``(C_out,)``, summed.
 
     That is the convolution where ``x`` has one channel (broadcast to every output) and where
-    it is depthwise (``x``'s channels are the outputs).
+    it is depthwise (``x``'s channels are the outputs). Its kernel gradient is
+    :func:`_tap_kernel_gradient`'s (no forward-mode differentiation: a ``jax.custom_vjp``).
     """
+    return _tap_sum_vjp(x, kernel, tuple(strides), tuple(tuple(p) for p in pads))
+
+
+def _shifted_products(x: Array, kernel: Array, strides: tuple[int, int],
+                      pads: tuple[tuple[int, int], ...]) -> Array:
     kh, kw = kernel.shape[:2]
     sh, sw = strides
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
@@ -169,6 +175,54 @@ def _tap_sum(x: Array, kernel: Array, strides: Sequence[int], pads: Sequence[tup
     taps = (x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * kernel[i, j, 0]
             for i in range(kh) for j in range(kw))
     return functools.reduce(operator.add, taps)
+
+
+def _tap_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                         pads: tuple[tuple[int, int], ...]) -> Array:
+    """The tap sum's kernel gradient, walking the batch an image (per device) at a time.
+
+    Differentiated as written, each tap's gradient is a reduction over the whole batch of a
+    shifted product, and XLA:CPU materialises every product before reducing it: 552 MB of
+    temporaries for one of MobileNetV2's depthwise layers at batch 128, where the layer's input
+    is 72 MB. One image at a time, the products stay in cache and the loop holds ~6 MB; the
+    same kernel gradient took 82 ms instead of 267 (docs/PERFORMANCE_NOTES.md, "Depthwise
+    convolutions"). The batch is first split into one group per device, so that a batch sharded
+    over the devices (``sharding.data_mesh``) is walked where it lies; the sum is the same for
+    any split.
+    """
+    kh, kw = kernel_shape[:2]
+    sh, sw = strides
+    n, oh, ow = g.shape[:3]
+    groups = jax.device_count() if n % jax.device_count() == 0 else 1
+    xs = x.reshape(groups, n // groups, *x.shape[1:])
+    gs = g.reshape(groups, n // groups, *g.shape[1:])
+
+    def add_image(r, total):
+        xr = jnp.pad(xs[:, r], ((0, 0), *pads, (0, 0)))
+        products = [jnp.sum(xr[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * gs[:, r], axis=(1, 2))
+                    for i in range(kh) for j in range(kw)]
+        return total + jnp.stack(products, axis=1)
+
+    total = lax.fori_loop(0, n // groups, add_image, jnp.zeros((groups, kh * kw, g.shape[-1]), g.dtype))
+    return jnp.sum(total, axis=0).reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _tap_sum_vjp(x: Array, kernel: Array, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> Array:
+    return _shifted_products(x, kernel, strides, pads)
+
+
+def _tap_sum_forward(x, kernel, strides, pads):
+    return _shifted_products(x, kernel, strides, pads), (x, kernel)
+
+
+def _tap_sum_backward(strides, pads, residuals, g):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: _shifted_products(x, kernel, strides, pads), x)
+    return input_vjp(g)[0], _tap_kernel_gradient(x, g, kernel.shape, strides, pads)
+
+
+_tap_sum_vjp.defvjp(_tap_sum_forward, _tap_sum_backward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,15 +397,18 @@ class BlockTriangular(_PoolsAsInner):
 def training_lowering(backend: str | None = None) -> ConvLowering:
     """The conv lowering for training programs on ``backend`` (default: JAX's default backend).
 
-    ``BatchSplitConv(8)`` on ``'cpu'`` when XLA:CPU convolves with YNNPACK (its default),
-    :func:`conv2d` with XLA's own convolutions (``runtime.xla_cpu_tuned()``) and on
-    accelerators; each measured fastest where it is used (docs/PERFORMANCE_NOTES.md).
-    Depthwise convolutions as multiply-adds (:class:`DepthwiseTaps`) made MobileNetV2's CPU
-    train step 3.1x faster but its peak memory 1.7x larger (15.3 against 9.0 GB at batch 128),
-    so training keeps the convolution. Inference programs take :func:`inference_lowering`'s.
+    On ``'cpu'``, depthwise convolutions are multiply-adds (:class:`DepthwiseTaps`): the
+    MobileNetV2 AWN+RS train step (batch 128) ran 3.9x as fast with XLA's own convolutions
+    (16.0 against 4.1 images/s, peak host memory 11.7 against 9.2 GB) and 2.0x with YNNPACK's
+    (9.2 against 4.5, 9.6 against 16.3 GB). Every other convolution is :func:`conv2d` with XLA's
+    own convolutions (``runtime.xla_cpu_tuned()``) and ``BatchSplitConv(8)`` with YNNPACK's
+    (XLA:CPU's default). Accelerators take :func:`conv2d`. Each was measured fastest where it is
+    used (docs/PERFORMANCE_NOTES.md). Inference programs take :func:`inference_lowering`'s.
     """
     backend = jax.default_backend() if backend is None else backend
-    return BatchSplitConv(8) if backend == "cpu" and not runtime.xla_cpu_tuned() else conv2d
+    if backend != "cpu":
+        return conv2d
+    return DepthwiseTaps(conv2d if runtime.xla_cpu_tuned() else BatchSplitConv(8))
 
 
 @dataclasses.dataclass(frozen=True)
