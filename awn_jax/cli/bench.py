@@ -120,7 +120,10 @@ def _setup(config):
     info = data.dataset_info(config)
     model = from_config(config, info.num_classes)
     tx = optim.make_optimizer(config, 1000)
-    state = jax.jit(functools.partial(steps.create_state, model, tx, config.seed, info.image_shape))()
+    # Replicated over the data mesh, as training creates it: a state without that sharding
+    # compiles the train step a second time at the step after.
+    state = jax.jit(functools.partial(steps.create_state, model, tx, config.seed, info.image_shape),
+                    out_shardings=sharding.replicated(sharding.data_mesh()))()
     return info, model, tx, state
 
 
