@@ -135,6 +135,8 @@ class OneChannelTaps:
     splits the sum into several loops and the convolution is faster again
     (docs/PERFORMANCE_NOTES.md, "Narrow widths"). Only what was measured takes this form:
     float32, kernels of at most 3x3, no negative padding. Every other convolution goes to
+    :func:`conv2d`. The multiply-adds have reverse-mode gradients only (a ``jax.custom_vjp``,
+    whose kernel gradient walks the batch: see :class:`DepthwiseTaps`); for ``jax.jvp`` use
     :func:`conv2d`.
 
     Attributes:
@@ -151,7 +153,7 @@ class OneChannelTaps:
         kh, kw, c_in, c_out = kernel.shape
         pads = _explicit_pads(x, (kh, kw), strides, padding)
         if (groups != 1 or c_in != 1 or c_out > self.max_features or kh * kw > 9
-                or x.dtype != jnp.float32 or min(min(p) for p in pads) < 0):
+                or not x.dtype == kernel.dtype == jnp.float32 or min(min(p) for p in pads) < 0):
             return conv2d(x, kernel, strides, padding, groups)
         return _tap_sum(x, kernel, strides, pads)
 
@@ -161,19 +163,25 @@ def _tap_sum(x: Array, kernel: Array, strides: Sequence[int], pads: Sequence[tup
 
     That is the convolution where ``x`` has one channel (broadcast to every output) and where
     it is depthwise (``x``'s channels are the outputs). Its kernel gradient is
-    :func:`_tap_kernel_gradient`'s (no forward-mode differentiation: a ``jax.custom_vjp``).
+    :func:`_tap_kernel_gradient`'s, through a ``jax.custom_vjp``: reverse-mode only.
     """
     return _tap_sum_vjp(x, kernel, tuple(strides), tuple(tuple(p) for p in pads))
+
+
+def _tap_windows(x: Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
+                 pads: tuple[tuple[int, int], ...]) -> list[Array]:
+    """The ``kh * kw`` shifted, strided windows of ``x`` (NHWC) padded by ``pads``, one per kernel tap."""
+    kh, kw = kernel_hw
+    sh, sw = strides
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    return [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] for i in range(kh) for j in range(kw)]
 
 
 def _shifted_products(x: Array, kernel: Array, strides: tuple[int, int],
                       pads: tuple[tuple[int, int], ...]) -> Array:
     kh, kw = kernel.shape[:2]
-    sh, sw = strides
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-    taps = (x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * kernel[i, j, 0]
-            for i in range(kh) for j in range(kw))
+    taps = (window * kernel[t // kw, t % kw, 0] for t, window in enumerate(_tap_windows(x, (kh, kw), strides, pads)))
     return functools.reduce(operator.add, taps)
 
 
@@ -182,28 +190,26 @@ def _tap_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], stri
     """The tap sum's kernel gradient, walking the batch an image (per device) at a time.
 
     Differentiated as written, each tap's gradient is a reduction over the whole batch of a
-    shifted product, and XLA:CPU materialises every product before reducing it: 552 MB of
-    temporaries for one of MobileNetV2's depthwise layers at batch 128, where the layer's input
-    is 72 MB. One image at a time, the products stay in cache and the loop holds ~6 MB; the
-    same kernel gradient took 82 ms instead of 267 (docs/PERFORMANCE_NOTES.md, "Depthwise
-    convolutions"). The batch is first split into one group per device, so that a batch sharded
-    over the devices (``sharding.data_mesh``) is walked where it lies; the sum is the same for
-    any split.
+    shifted product, and XLA:CPU materialises every shifted copy or product before reducing
+    it: 651 MB of temporaries for one of MobileNetV2's depthwise layers at batch 128, whose
+    input is 72 MB. One image at a time, the products stay in cache and the loop holds 6 MB;
+    the same kernel gradient took 79-83 ms instead of 285 (docs/PERFORMANCE_NOTES.md,
+    "Depthwise taps in training"). The batch is first split into one group per device, so that
+    a batch sharded over the devices (``sharding.data_mesh``) is walked where it lies; the sum
+    is the same for any split.
     """
-    kh, kw = kernel_shape[:2]
-    sh, sw = strides
-    n, oh, ow = g.shape[:3]
-    groups = jax.device_count() if n % jax.device_count() == 0 else 1
+    n = g.shape[0]
+    devices = jax.device_count()
+    groups = devices if n % devices == 0 else 1
     xs = x.reshape(groups, n // groups, *x.shape[1:])
     gs = g.reshape(groups, n // groups, *g.shape[1:])
 
     def add_image(r, total):
-        xr = jnp.pad(xs[:, r], ((0, 0), *pads, (0, 0)))
-        products = [jnp.sum(xr[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * gs[:, r], axis=(1, 2))
-                    for i in range(kh) for j in range(kw)]
-        return total + jnp.stack(products, axis=1)
+        windows = _tap_windows(xs[:, r], kernel_shape[:2], strides, pads)
+        return total + jnp.stack([jnp.sum(window * gs[:, r], axis=(1, 2)) for window in windows], axis=1)
 
-    total = lax.fori_loop(0, n // groups, add_image, jnp.zeros((groups, kh * kw, g.shape[-1]), g.dtype))
+    taps = kernel_shape[0] * kernel_shape[1]
+    total = lax.fori_loop(0, n // groups, add_image, jnp.zeros((groups, taps, g.shape[-1]), g.dtype))
     return jnp.sum(total, axis=0).reshape(kernel_shape)
 
 
@@ -237,6 +243,11 @@ class DepthwiseTaps(_PoolsAsInner):
     form: float32 depthwise convolutions (one kernel column per channel: ``groups`` equal to the
     input and output channels, more than one) with kernels of at most 3x3 and non-negative
     padding; every other convolution goes to ``inner``.
+
+    Its gradient is reverse-mode only (a ``jax.custom_vjp``): the kernel gradient walks the batch
+    an image per device at a time, because differentiated as written XLA:CPU held a batch-sized
+    product per tap (the MobileNetV2 CPU train step at 1.9x the memory of the walk, and 0.91x its
+    speed). For forward-mode differentiation (``jax.jvp``) give the model :func:`conv2d`.
 
     Attributes:
       inner: the lowering of every other convolution.
@@ -399,8 +410,8 @@ def training_lowering(backend: str | None = None) -> ConvLowering:
 
     On ``'cpu'``, depthwise convolutions are multiply-adds (:class:`DepthwiseTaps`): the
     MobileNetV2 AWN+RS train step (batch 128) ran 3.9x as fast with XLA's own convolutions
-    (16.0 against 4.1 images/s, peak host memory 11.7 against 9.2 GB) and 2.0x with YNNPACK's
-    (9.2 against 4.5, 9.6 against 16.3 GB). Every other convolution is :func:`conv2d` with XLA's
+    (16.0 against 4.1 images/s, peak host memory 11,739 against 9,153 MiB) and 2.0x with
+    YNNPACK's (9.2 against 4.5 images/s, 9,629 against 16,255 MiB). Every other convolution is :func:`conv2d` with XLA's
     own convolutions (``runtime.xla_cpu_tuned()``) and ``BatchSplitConv(8)`` with YNNPACK's
     (XLA:CPU's default). Accelerators take :func:`conv2d`. Each was measured fastest where it is
     used (docs/PERFORMANCE_NOTES.md). Inference programs take :func:`inference_lowering`'s.
@@ -464,7 +475,8 @@ def inference_lowering(backend: str | None = None) -> ConvLowering:
     with at most 24, and max-pools by channel count; on a CPU without that setting, multiply-adds
     for depthwise convolutions (:class:`DepthwiseTaps`); :func:`conv2d` on accelerators. With no
     ``backend`` it asks JAX for the default one, which starts JAX's backends;
-    :class:`PlatformInference` asks only when a program is traced.
+    :class:`PlatformInference` asks only when a program is traced. The CPU's multiply-adds
+    differentiate in reverse mode only: for ``jax.jvp`` of a model, clone it with :func:`conv2d`.
     """
     backend = jax.default_backend() if backend is None else backend
     if backend != "cpu":

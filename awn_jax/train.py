@@ -61,6 +61,17 @@ def per_width_program(model: Any, width: float, distill: bool) -> Callable:
     return jax.jit(functools.partial(steps.per_width_grads, model=model, width=width, distill=distill))
 
 
+def initial_state(config: ml_collections.ConfigDict, model: Any, tx: optax.GradientTransformation,
+                  info: data.DatasetInfo, mesh: Any) -> steps.TrainState:
+    """A new run's state (:func:`~awn_jax.steps.create_state`), replicated over ``mesh``.
+
+    Created with the sharding the train step returns it with, so that the step compiles once.
+    """
+    init = jax.jit(functools.partial(steps.create_state, model, tx, config.seed, info.image_shape),
+                   out_shardings=sharding.replicated(mesh))
+    return init()
+
+
 def trains_in_one_pass(config: ml_collections.ConfigDict) -> bool:
     """Whether a run trains all widths of a step from one trunk pass (AWN with ``widths.one_pass``)."""
     return config.variant == "awn" and config.widths.one_pass
@@ -245,9 +256,7 @@ def train_and_evaluate(
             # settings) take effect where they are read from this file, as in the sweep after training.
             checkpoints.save_config(workdir, config)
         if state is None:
-            init = jax.jit(functools.partial(steps.create_state, model, tx, config.seed, info.image_shape),
-                           out_shardings=sharding.replicated(mesh))
-            state = init()
+            state = initial_state(config, model, tx, info, mesh)
         start = int(jax.device_get(state.step))
         log = MetricsLog(workdir, resume_step=start, enabled=primary)
         log.console(

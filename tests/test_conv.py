@@ -41,7 +41,7 @@ def test_batch_split_equals_one_convolution_values_and_gradients(hw, c, k, o, st
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_training_lowering_splits_on_an_untuned_cpu_only_and_lowerings_hash_by_value(monkeypatch):
+def test_training_lowering_has_depthwise_taps_on_a_cpu_splits_untuned_and_lowerings_hash_by_value(monkeypatch):
     backend = jax.default_backend()  # started before XLA_FLAGS changes below
     monkeypatch.setenv("XLA_FLAGS", "")
     assert conv.training_lowering("cpu") == conv.DepthwiseTaps(conv.BatchSplitConv(8))
@@ -60,17 +60,17 @@ def test_training_lowering_splits_on_an_untuned_cpu_only_and_lowerings_hash_by_v
 
 
 TAP_CASES = [
-    # (input HW, kernel, outputs, strides, padding, gradients too): the multiply-add form's own cases
-    # (the tap sum's gradients also in the depthwise cases below).
-    ((28, 28), (3, 3), 11, (1, 1), "VALID", True),
-    ((11, 12), (3, 3), 16, (2, 2), "SAME", True),
-    ((10, 9), (1, 3), 1, (2, 1), ((1, 2), (0, 1)), False),
-    ((7, 7), (2, 2), 9, (3, 3), "SAME", False),
+    # (input HW, kernel, outputs, strides, padding): the multiply-add form's own cases, a stride
+    # larger than the kernel among them (the tap sum's kernel gradient is written by hand).
+    ((28, 28), (3, 3), 11, (1, 1), "VALID"),
+    ((11, 12), (3, 3), 16, (2, 2), "SAME"),
+    ((10, 9), (1, 3), 1, (2, 1), ((1, 2), (0, 1))),
+    ((7, 7), (2, 2), 9, (3, 3), "SAME"),
 ]
 
 
-@pytest.mark.parametrize("hw,k,o,strides,padding,gradients", TAP_CASES)
-def test_one_channel_taps_equal_one_convolution_values_and_gradients(hw, k, o, strides, padding, gradients):
+@pytest.mark.parametrize("hw,k,o,strides,padding", TAP_CASES)
+def test_one_channel_taps_equal_one_convolution_values_and_gradients(hw, k, o, strides, padding):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(3, *hw, 1)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(*k, 1, o)), jnp.float32)
@@ -82,9 +82,8 @@ def test_one_channel_taps_equal_one_convolution_values_and_gradients(hw, k, o, s
     y = taps(x, kernel, strides, padding)
     np.testing.assert_allclose(y, conv.conv2d(x, kernel, strides, padding), rtol=1e-5, atol=1e-5)
     assert "convolution" not in jax.jit(lambda x, w: taps(x, w, strides, padding)).lower(x, kernel).as_text()
-    if gradients:
-        for a, b in zip(jax.grad(loss(taps), (0, 1))(x, kernel), jax.grad(loss(conv.conv2d), (0, 1))(x, kernel)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.grad(loss(taps), (0, 1))(x, kernel), jax.grad(loss(conv.conv2d), (0, 1))(x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("c,o,groups,k,dtype,padding", [
@@ -102,16 +101,16 @@ def test_one_channel_taps_leave_every_other_convolution_to_conv2d(c, o, groups, 
 
 
 DEPTHWISE_CASES = [
-    # (input HW, channels, kernel, strides, padding, gradients too): MobileNetV2's (SAME, stride 1 and
-    # 2, an even and an odd map) and another form.
-    ((8, 8), 6, (3, 3), (1, 1), "SAME", True),
-    ((8, 9), 4, (3, 3), (2, 2), "SAME", True),
-    ((9, 8), 3, (2, 3), (1, 2), ((0, 1), (2, 1)), True),
+    # (input HW, channels, kernel, strides, padding): MobileNetV2's (SAME, stride 1 and 2, an even
+    # and an odd map) and another form.
+    ((8, 8), 6, (3, 3), (1, 1), "SAME"),
+    ((8, 9), 4, (3, 3), (2, 2), "SAME"),
+    ((9, 8), 3, (2, 3), (1, 2), ((0, 1), (2, 1))),
 ]
 
 
-@pytest.mark.parametrize("hw,c,k,strides,padding,gradients", DEPTHWISE_CASES)
-def test_depthwise_taps_equal_one_grouped_convolution_values_and_gradients(hw, c, k, strides, padding, gradients):
+@pytest.mark.parametrize("hw,c,k,strides,padding", DEPTHWISE_CASES)
+def test_depthwise_taps_equal_one_grouped_convolution_values_and_gradients(hw, c, k, strides, padding):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, *hw, c)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(*k, 1, c)), jnp.float32)
@@ -123,9 +122,8 @@ def test_depthwise_taps_equal_one_grouped_convolution_values_and_gradients(hw, c
     np.testing.assert_allclose(taps(x, kernel, strides, padding, c), conv.conv2d(x, kernel, strides, padding, c),
                                rtol=1e-5, atol=1e-5)
     assert "convolution" not in jax.jit(lambda x, w: taps(x, w, strides, padding, c)).lower(x, kernel).as_text()
-    if gradients:
-        for a, b in zip(jax.grad(loss(taps), (0, 1))(x, kernel), jax.grad(loss(conv.conv2d), (0, 1))(x, kernel)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.grad(loss(taps), (0, 1))(x, kernel), jax.grad(loss(conv.conv2d), (0, 1))(x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("batch,devices", [(4, 2), (3, 2)])
@@ -144,6 +142,8 @@ def test_depthwise_taps_kernel_gradient_walks_the_batch_per_device_without_a_pro
 
     for a, b in zip(grads(taps)(x, kernel), grads(conv.conv2d)(x, kernel)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    groups = 1 if batch % devices else devices  # the loop's running sum, one per group and tap
+    assert f"tensor<{groups}x9x16xf32>" in grads(taps).lower(x, kernel).as_text()
     if batch % devices:  # walked in one group, as on one device
         # The reason for the walk: differentiated as written, XLA:CPU holds one batch-sized
         # product per tap (9 here, 10.4x the input's bytes in all) before reducing it.
