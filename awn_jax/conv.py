@@ -152,10 +152,9 @@ class OneChannelTaps:
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         kh, kw, c_in, c_out = kernel.shape
         pads = _explicit_pads(x, (kh, kw), strides, padding)
-        if (groups != 1 or c_in != 1 or c_out > self.max_features or kh * kw > 9
-                or not x.dtype == kernel.dtype == jnp.float32 or min(min(p) for p in pads) < 0):
-            return conv2d(x, kernel, strides, padding, groups)
-        return _tap_sum(x, kernel, strides, pads)
+        if groups == 1 and c_in == 1 and c_out <= self.max_features and _tap_sum_was_measured(x, kernel, pads):
+            return _tap_sum(x, kernel, strides, pads)
+        return conv2d(x, kernel, strides, padding, groups)
 
 
 def _tap_sum(x: Array, kernel: Array, strides: Sequence[int], pads: Sequence[tuple[int, int]]) -> Array:
@@ -166,6 +165,12 @@ def _tap_sum(x: Array, kernel: Array, strides: Sequence[int], pads: Sequence[tup
     :func:`_tap_kernel_gradient`'s, through a ``jax.custom_vjp``: reverse-mode only.
     """
     return _tap_sum_vjp(x, kernel, tuple(strides), tuple(tuple(p) for p in pads))
+
+
+def _tap_sum_was_measured(x: Array, kernel: Array, pads: Sequence[tuple[int, int]]) -> bool:
+    """Whether the tap sum has the form its lowerings measured: float32, at most 9 taps, no negative padding."""
+    kh, kw = kernel.shape[:2]
+    return x.dtype == kernel.dtype == jnp.float32 and kh * kw <= 9 and min(min(p) for p in pads) >= 0
 
 
 def _tap_windows(x: Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
@@ -258,13 +263,10 @@ class DepthwiseTaps(_PoolsAsInner):
     def __call__(self, x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
                  padding: Padding = "VALID", groups: int = 1) -> Array:
         kh, kw, per_group, c_out = kernel.shape
-        if not (1 < groups == x.shape[-1] == c_out and per_group == 1 and kh * kw <= 9
-                and x.dtype == kernel.dtype == jnp.float32):
-            return self.inner(x, kernel, strides, padding, groups)
         pads = _explicit_pads(x, (kh, kw), strides, padding)
-        if min(min(p) for p in pads) < 0:
-            return self.inner(x, kernel, strides, padding, groups)
-        return _tap_sum(x, kernel, strides, pads)
+        if 1 < groups == x.shape[-1] == c_out and per_group == 1 and _tap_sum_was_measured(x, kernel, pads):
+            return _tap_sum(x, kernel, strides, pads)
+        return self.inner(x, kernel, strides, padding, groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,9 +413,9 @@ def training_lowering(backend: str | None = None) -> ConvLowering:
     On ``'cpu'``, depthwise convolutions are multiply-adds (:class:`DepthwiseTaps`): the
     MobileNetV2 AWN+RS train step (batch 128) ran 3.9x as fast with XLA's own convolutions
     (16.0 against 4.1 images/s, peak host memory 11,739 against 9,153 MiB) and 2.0x with
-    YNNPACK's (9.2 against 4.5 images/s, 9,629 against 16,255 MiB). Every other convolution is :func:`conv2d` with XLA's
-    own convolutions (``runtime.xla_cpu_tuned()``) and ``BatchSplitConv(8)`` with YNNPACK's
-    (XLA:CPU's default). Accelerators take :func:`conv2d`. Each was measured fastest where it is
+    YNNPACK's (9.2 against 4.5 images/s, 9,629 against 16,255 MiB). Every other convolution is
+    :func:`conv2d` with XLA's own convolutions (``runtime.xla_cpu_tuned()``) and
+    ``BatchSplitConv(8)`` with YNNPACK's (XLA:CPU's default). Accelerators take :func:`conv2d`. Each was measured fastest where it is
     used (docs/PERFORMANCE_NOTES.md). Inference programs take :func:`inference_lowering`'s.
     """
     backend = jax.default_backend() if backend is None else backend
