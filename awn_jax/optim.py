@@ -19,10 +19,21 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
         return optax.constant_schedule(lr)
     if config.optim.schedule == "linear":
         return optax.linear_schedule(lr, 0.0, total)
-    # Milestones fall on epoch boundaries, like PyTorch's MultiStepLR.
-    boundaries = {round(m * config.num_epochs) * steps_per_epoch: config.optim.decay_factor
-                  for m in config.optim.milestones}
-    return optax.piecewise_constant_schedule(lr, boundaries)
+    return optax.piecewise_constant_schedule(lr, _milestone_scales(config, steps_per_epoch))
+
+
+def _milestone_scales(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[int, float]:
+    """``{step: scale}``: each milestone decays the rate at the epoch boundary nearest its fraction.
+
+    As with PyTorch's MultiStepLR, milestones on the same epoch each decay it once more. None
+    falls before the end of the first epoch: a milestone is a fraction in (0, 1) of training,
+    so a run too short to place it later decays at the end of epoch 1 (or not at all, in one epoch).
+    """
+    scales: dict[int, float] = {}
+    for m in config.optim.milestones:
+        step = max(round(m * config.num_epochs), 1) * steps_per_epoch
+        scales[step] = scales.get(step, 1.0) * config.optim.decay_factor
+    return scales
 
 
 def _decay_mask(params: Any) -> Any:

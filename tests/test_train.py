@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import checkpoints, config as config_lib, data, sharding, train
+from awn_jax import checkpoints, config as config_lib, data, optim, sharding, train
 from awn_jax.models import from_config
 from awn_jax.widths import step_widths
 from helpers import fake_split, load_config, tiny_config
@@ -57,6 +57,24 @@ def test_large_model_configs_build_their_models(name, classes):
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, *info.image_shape)))[0])
     assert out.shape == (2, classes)
 
+
+
+@pytest.mark.parametrize("epochs,milestones,decays_at", [
+    (100, (0.5, 0.75), {50: 1, 75: 1}),  # the paper's LeNet protocol
+    (350, (250 / 350, 300 / 350), {250: 1, 300: 1}),  # MobileNetV2 AWN+RS
+    (3, (0.5, 0.75), {2: 2}),  # both on epoch 2: decayed twice there, as PyTorch's MultiStepLR does
+    (4, (0.1,), {1: 1}),  # never before the first epoch's end
+    (1, (0.5, 0.75), {}),  # a one-epoch run has no boundary inside it
+])
+def test_step_schedule_decays_at_the_nearest_epoch_boundary_once_per_milestone(epochs, milestones, decays_at):
+    config = config_lib.base_config()
+    config.num_epochs, config.optim.milestones, config.learning_rate = epochs, milestones, 0.5
+    spe = 7
+    schedule = optim.make_schedule(config, spe)
+    rates = np.asarray([schedule(step) for step in range(epochs * spe)])
+    decays = np.cumsum([decays_at.get(step // spe, 0) if step % spe == 0 else 0 for step in range(epochs * spe)])
+    np.testing.assert_allclose(rates, 0.5 * 0.1 ** decays, rtol=1e-6)
+    assert config.optim.decay_factor == 0.1
 
 def test_interrupted_run_resumes_to_the_same_params(tmp_path):
     # Per-width passes with random widths (AWN's one-pass resume: tests/test_faults.py's kill loop).
