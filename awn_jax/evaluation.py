@@ -14,13 +14,15 @@ import os
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from awn_jax import checkpoints, data, input_pipeline, io, multihost, optim, sharding, steps
+from awn_jax import calibration, checkpoints, data, input_pipeline, io, multihost, optim, sharding, steps
 from awn_jax.config import validate
 from awn_jax.models import from_config
+from awn_jax.widths import calibration_widths, smallest_trained_width
 
-__all__ = ["Run", "restore_run", "accuracies", "default_one_pass"]
+__all__ = ["Run", "restore_run", "calibrated", "accuracies", "default_one_pass"]
 
 
 @dataclasses.dataclass
@@ -78,6 +80,56 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
     return Run(config, model, variables, int(step), info,
                io.dir_bytes(os.path.join(io.checkpoints_dir(workdir), str(step))))
 
+
+
+def calibrated(run: Run, widths: int, workdir: str, train_split: input_pipeline.Source | None = None, *,
+               required: bool = False) -> tuple[Any, dict]:
+    """The model and variables of ``run``, US-Net's BatchNorm calibrated at ``widths`` widths.
+
+    A calibration stored for the run's step (``calibration/<N>w/``, written by the sweep) is
+    loaded; otherwise it is computed from ``config.sweep.calibration_batches`` training
+    batches (``train_split``, else the run's dataset) and stored. ``widths`` 0 keeps the
+    statistics as trained, shared by every width.
+
+    Args:
+      run: a restored run.
+      widths: the number of calibrated widths (the paper's 4, 10 or 20); 0: none.
+      workdir: the run's workdir.
+      train_split: the training split to calibrate on (default: opened from the run's config).
+      required: refuse a US-Net run with ``widths`` 0, as serving one takes calibrated
+        statistics (its shared ones are no width's).
+
+    Raises:
+      ValueError: a calibration for a run that is not US-Net, or none for US-Net where ``required``.
+    """
+    c = run.config
+    if widths and c.variant != "usnet":
+        raise ValueError(f"--calibration is for US-Net; this run is {c.variant!r}.")
+    if not widths:
+        if required and c.variant == "usnet":
+            raise ValueError("this US-Net run serves with BatchNorm statistics calibrated per width: add"
+                             f" --calibration=N (its sweeps calibrated at {', '.join(map(str, c.sweep.calibrations))}"
+                             " widths; a stored calibration is reused).")
+        return run.model, run.variables
+    listed = calibration_widths(widths, smallest_trained_width(c))
+    model = run.model.clone(bn_widths=listed)
+    sample = jnp.zeros((1, *run.info.image_shape), jnp.float32)
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), sample))["batch_stats"]
+    stored = calibration.load_calibration(workdir, widths, run.step, listed, target)
+    if stored is not None:
+        return model, {"params": run.variables["params"], "batch_stats": stored}
+    if train_split is None:
+        train_split = data.open_data(c)[0]
+    batches = []
+    for step, batch in input_pipeline.train_batches(train_split, c.batch_size, c.seed,
+                                                    stop_step=c.sweep.calibration_batches,
+                                                    options=input_pipeline.options_from_config(c)):
+        batches.append(data.preprocess(jnp.asarray(batch["image"]), run.info, data.augmentation_key(c.seed, step)))
+    variables = calibration.calibrate(model, run.variables["params"], run.variables["batch_stats"],
+                                      batches, listed)
+    if multihost.is_primary():
+        calibration.save_calibration(workdir, widths, listed, run.step, variables["batch_stats"])
+    return model, variables
 
 def _restore(workdir: str, target: Any, step: int | None, latest: int | None, attempts: int = 3) -> tuple[Any, int]:
     """Restores ``step``, or else the latest checkpoint; returns the state and its step.

@@ -14,8 +14,9 @@ counts::
     export.save(plain, plain_vars, "/tmp/lenet_w050")
     plain, plain_vars = export.load("/tmp/lenet_w050")
 
-Every variant exports (S-Net and US-Net carry the BatchNorm of that width);
-the stored size shrinks with the width.
+Every variant exports (S-Net and US-Net carry the BatchNorm of that width: US-Net's
+calibrated statistics when its model is calibrated, ``evaluation.calibrated``, as the
+export command does); the stored size shrinks with the width.
 
 For serving without this library (or without Flax), :func:`save_stablehlo` writes
 the exported model as a portable program: ``jax.export``'s serialized StableHLO, for
@@ -118,7 +119,8 @@ def export(model: nn.Module, variables: Any, image_shape: Sequence[int], width: 
     Args:
       model: a registered model (``awn_jax.models.MODELS``: LeNet-3C1L, MobileNetV2, the
         ResNets) of any trainable variant.
-      variables: its variables (US-Net: calibrated statistics if it has them).
+      variables: its variables (US-Net: those of its calibrated model, ``evaluation.calibrated``;
+        its trained statistics are shared by every width and fit none).
       image_shape: one input's shape, e.g. ``(28, 28, 1)``.
       width: the width to export.
       channel_multiple: round every channel count up to a multiple of this, with zero

@@ -89,14 +89,18 @@ class Predictor:
 
     @classmethod
     def from_workdir(cls, workdir: str, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), step: int | None = None,
-                     **kwargs: Any) -> "Predictor":
-        """The any-width model of a training workdir's checkpoint, at ``widths``."""
+                     calibration: int = 0, **kwargs: Any) -> "Predictor":
+        """The any-width model of a training workdir's checkpoint, at ``widths``.
+
+        A US-Net run needs ``calibration``, its BatchNorm calibrated at that many widths
+        (``evaluation.calibrated``; a calibration its sweep stored is reused).
+        """
         run = evaluation.restore_run(workdir, step)
+        model, variables = evaluation.calibrated(run, calibration, workdir, required=True)
         widths = sorted({validate_width(w, "width") for w in widths})
-        programs = {w: jax.jit(lambda x, w=w: run.model.apply(run.variables, data.preprocess(x, run.info), width=w))
+        programs = {w: jax.jit(lambda x, w=w: model.apply(variables, data.preprocess(x, run.info), width=w))
                     for w in widths}
-        macs = {w: c.macs for w, c in zip(widths, costs.width_costs(run.model, run.variables,
-                                                                    run.info.image_shape, widths))}
+        macs = {w: c.macs for w, c in zip(widths, costs.width_costs(model, variables, run.info.image_shape, widths))}
         return cls(programs, macs, run.info.image_shape, run.info.class_names, **kwargs)
 
     @classmethod

@@ -23,13 +23,13 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from awn_jax import (calibration, compilation, costs, data, evaluation, input_pipeline, io, multihost, report,
-                     sharding, steps)
+from awn_jax import (compilation, costs, data, evaluation, input_pipeline, io, multihost, report, sharding,
+                     steps)
 from awn_jax.models import channel_sizes
 from awn_jax.timing import median_seconds
-from awn_jax.widths import calibration_widths, is_reference_width, num_channels, smallest_trained_width, sweep_widths
+from awn_jax.widths import is_reference_width, num_channels, sweep_widths
 
-__all__ = ["sweep", "calibrated_variables", "throughput", "write_outputs"]
+__all__ = ["sweep", "throughput", "write_outputs"]
 
 
 def throughput(model: Any, variables: dict, info: data.DatasetInfo, widths: Sequence[float],
@@ -46,32 +46,6 @@ def throughput(model: Any, variables: dict, info: data.DatasetInfo, widths: Sequ
         forward = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w))
         out[w] = batch_size / median_seconds(lambda: forward(variables, x), repeats)
     return out
-
-
-def calibrated_variables(run: evaluation.Run, num: int, train_split: input_pipeline.Source | None,
-                         workdir: str) -> tuple[Any, dict]:
-    """US-Net's model and variables calibrated at ``num`` widths: loaded if stored for this step,
-    else computed from ``config.sweep.calibration_batches`` training batches and stored."""
-    c = run.config
-    widths = calibration_widths(num, smallest_trained_width(c))
-    model = run.model.clone(bn_widths=widths)
-    sample = jnp.zeros((1, *run.info.image_shape), jnp.float32)
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), sample))["batch_stats"]
-    stored = calibration.load_calibration(workdir, num, run.step, widths, target)
-    if stored is not None:
-        return model, {"params": run.variables["params"], "batch_stats": stored}
-    if train_split is None:
-        train_split = data.open_data(c)[0]
-    batches = []
-    for step, batch in input_pipeline.train_batches(train_split, c.batch_size, c.seed,
-                                                    stop_step=c.sweep.calibration_batches,
-                                                    options=input_pipeline.options_from_config(c)):
-        batches.append(data.preprocess(jnp.asarray(batch["image"]), run.info, data.augmentation_key(c.seed, step)))
-    variables = calibration.calibrate(model, run.variables["params"], run.variables["batch_stats"],
-                                      batches, widths)
-    if multihost.is_primary():
-        calibration.save_calibration(workdir, num, widths, run.step, variables["batch_stats"])
-    return model, variables
 
 
 def sweep(
@@ -106,14 +80,12 @@ def sweep(
     with compilation.count_compilations() as compiled:
         run = evaluation.restore_run(workdir, step)
         c = run.config
-        if calibration and c.variant != "usnet":
-            raise ValueError(f"--calibration is for US-Net; this run is {c.variant!r}.")
         if splits is None and test_examples is not None:
             c.data.test_examples = test_examples
-        train_split, test_split = splits if splits is not None else (None, data.open_data(c)[1])
-        model, variables = run.model, run.variables
-        if calibration:
-            model, variables = calibrated_variables(run, calibration, train_split, workdir)
+        train_split, test_split = splits if splits is not None else (None, None)
+        model, variables = evaluation.calibrated(run, calibration, workdir, train_split)
+        if test_split is None:
+            test_split = data.open_data(c)[1]
         widths = sweep_widths(c, channel_sizes(run.variables["params"]))
         use_one_pass = evaluation.default_one_pass(model) if one_pass is None else one_pass
         eval_start = time.perf_counter()

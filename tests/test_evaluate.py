@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import calibration, checkpoints, costs, evaluation, report, sweep, train
+from awn_jax import calibration, checkpoints, costs, data, evaluation, export, report, sweep, train
+from awn_jax.cli import export as export_cli
 from awn_jax.models import LeNet3C1L
+from awn_jax.predict import Predictor
 from awn_jax.widths import REFERENCE_WIDTHS, calibration_widths, num_channels
 from helpers import fake_split, tiny_config, truncate_checkpoints
 
@@ -200,6 +202,33 @@ def test_calibrated_sweeps_grow_the_model_and_are_stored(trained_runs):
     with pytest.raises(ValueError, match="--calibration is for US-Net"):
         sweep.sweep(runs["awn"], splits=splits, calibration=4, write=False)
 
+
+def test_a_usnet_run_exports_and_serves_with_its_calibration_and_not_without(trained_runs, tmp_path, capsys):
+    runs, splits = trained_runs
+    workdir, width = runs["usnet"], 0.5
+    run = evaluation.restore_run(workdir)
+    model, variables = evaluation.calibrated(run, 4, workdir, splits[0])  # stored, as a sweep stores it
+    images = np.random.default_rng(0).integers(0, 256, (5, *run.info.image_shape)).astype(np.uint8)
+    x = data.preprocess(jnp.asarray(images), run.info)
+    served = model.apply(variables, x, width=width)
+    assert np.max(np.abs(served - run.model.apply(run.variables, x, width=width))) > 1e-2  # calibration matters
+
+    out = tmp_path / "exported"
+    args = ["export", f"--workdir={workdir}", f"--width={width}", f"--out={out}"]
+    assert export_cli.run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "add --calibration=N" in err[0], err
+    assert not out.exists()
+    assert export_cli.run([*args, "--calibration=4"]) == 0
+    plain, plain_variables = export.load(str(out))
+    np.testing.assert_allclose(plain.apply(plain_variables, x), served, rtol=1e-5, atol=1e-5)
+
+    with pytest.raises(ValueError, match="add --calibration=N"):
+        Predictor.from_workdir(workdir, widths=(width,))
+    predictor = Predictor.from_workdir(workdir, widths=(width,), calibration=4, batch_sizes=(5,), repeats=1)
+    np.testing.assert_allclose(predictor.programs[width](images), served, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="--calibration is for US-Net"):
+        Predictor.from_workdir(runs["awn"], widths=(width,), calibration=4)
 
 def test_compare_overlays_runs_and_prints_the_auc_table(trained_runs, tmp_path):
     runs, splits = trained_runs

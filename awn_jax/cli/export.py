@@ -6,7 +6,8 @@ The result is an ordinary network of flax.linen Conv/BatchNorm/Dense layers with
 masks folded and the channels sliced, saved as its own orbax checkpoint with a
 model.json beside it (awn_jax.export.load reads it back). --channel_multiple=4 pads
 every channel count to a multiple of 4 with zero channels: the same logits, and on
-backends that are faster at aligned counts, faster.
+backends that are faster at aligned counts, faster. A US-Net run exports with its BatchNorm
+calibrated per width: --calibration=4 (or 10, 20) reuses the calibration its sweep stored.
 
     python -m awn_jax.export --workdir=workdirs/awn --width=0.5 --format=stablehlo --out=exported/w050
 
@@ -42,6 +43,9 @@ def define_flags() -> flags.FlagValues:
     flags.DEFINE_integer("channel_multiple", 1, "Round every channel count up to a multiple of this, with zero"
                          " channels (the same logits; aligned counts can run faster).", lower_bound=1,
                          flag_values=fv)
+    flags.DEFINE_integer("calibration", 0, "US-Net (required there): BatchNorm calibrated at this many widths, as"
+                         " the sweep's eval_calibrated_<N>w (a stored calibration is reused).", lower_bound=0,
+                         flag_values=fv)
     flags.mark_flags_as_required(["workdir", "width", "out"], flag_values=fv)
     return fv
 
@@ -51,19 +55,20 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
     validate_width(fv.width, "--width")
     io.check_new_directory(fv.out, "--out")
     run = evaluation.restore_run(fv.workdir, fv.step)
+    model, variables = evaluation.calibrated(run, fv.calibration, fv.workdir, required=True)
     if fv.format == "stablehlo":
-        meta = export.save_stablehlo(run.model, run.variables, run.info, fv.width, fv.out, fv.channel_multiple)
+        meta = export.save_stablehlo(model, variables, run.info, fv.width, fv.out, fv.channel_multiple)
         print(f"exported {meta['model']}/{meta['variant']} at width {fv.width:g} (step {run.step}) to"
               f" {fv.out}/model.stablehlo: {io.dir_bytes(fv.out) / 1024:.1f} KiB, {meta['macs_per_image'] / 1e6:.3f}"
               f" MMACs per image, for {', '.join(meta['platforms'])}; uint8 NHWC images in, logits out"
               " (model.json).")
         return 0
-    plain, variables = export.export(run.model, run.variables, run.info.image_shape, fv.width, fv.channel_multiple)
-    export.save(plain, variables, fv.out)
+    plain, plain_variables = export.export(model, variables, run.info.image_shape, fv.width, fv.channel_multiple)
+    export.save(plain, plain_variables, fv.out)
     on_disk = io.dir_bytes(fv.out)
     print(f"exported {type(plain).__name__} at width {fv.width:g} (step {run.step}) to {fv.out}:"
-          f" {costs.model_size_bytes(variables) / 1024:.1f} KiB of variables, {on_disk / 1024:.1f} KiB on disk"
-          f" (the any-width model: {costs.model_size_bytes(run.variables) / 1024:.1f} KiB, checkpoint"
+          f" {costs.model_size_bytes(plain_variables) / 1024:.1f} KiB of variables, {on_disk / 1024:.1f} KiB on disk"
+          f" (the any-width model: {costs.model_size_bytes(variables) / 1024:.1f} KiB, checkpoint"
           f" {run.checkpoint_bytes / 1024:.1f} KiB with optimizer state).")
     return 0
 

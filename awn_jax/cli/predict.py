@@ -40,6 +40,9 @@ def define_flags() -> flags.FlagValues:
     flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step.", flag_values=fv)
     flags.DEFINE_list("widths", ["0.25", "0.5", "0.75", "1.0"], "With --workdir: the widths to compile.",
                       flag_values=fv)
+    flags.DEFINE_integer("calibration", 0, "With --workdir of a US-Net run (required there): BatchNorm calibrated"
+                         " at this many widths (a calibration its sweep stored is reused).", lower_bound=0,
+                         flag_values=fv)
     flags.DEFINE_list("exported", None, "Instead of --workdir: --format=stablehlo export directories, one per"
                       " width.", flag_values=fv)
     flags.DEFINE_string("inputs", None, "A directory of PNG/JPEG files, or an .npy array of uint8 images.",
@@ -99,8 +102,9 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
     exported = [d for d in fv.exported or () if d.strip()]
     if (not fv.workdir) == (not exported):
         raise common.UsageError("give --workdir or --exported (one of them, not empty).")
-    if exported and (fv["widths"].present or fv["step"].present):
-        raise common.UsageError("--widths and --step are for --workdir; with --exported each export is one width.")
+    if exported and (fv["widths"].present or fv["step"].present or fv["calibration"].present):
+        raise common.UsageError("--widths, --step and --calibration are for --workdir; with --exported each export"
+                                " is one width.")
     common.check_budgets(fv, required=True)
     try:
         buckets = [int(b) for b in fv.batch_sizes]
@@ -112,7 +116,7 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
             raise common.UsageError(f"{name} takes positive integers, got {values}.")
     io.check_output_file(fv.out, "--out")
     options = dict(batch_sizes=buckets, repeats=fv.repeats)
-    predictor = (Predictor.from_workdir(fv.workdir, widths, fv.step, **options) if fv.workdir
+    predictor = (Predictor.from_workdir(fv.workdir, widths, fv.step, fv.calibration, **options) if fv.workdir
                  else Predictor.from_exports(exported, **options))
     names, images = read_inputs(fv.inputs, predictor.image_shape)
     text = StringIO()
