@@ -264,17 +264,18 @@ def smallest_trained_width(config) -> float:
 def step_widths(config, step: int) -> tuple[float, ...]:
     """The widths trained at ``step``, widest first; a function of ``(config.seed, step)`` only.
 
-    Fixed mode lists ``widths.fixed``; sandwich mode draws :func:`sandwich_widths`, snapped to
-    ``widths.grid_step`` when it is set (which bounds the programs per-width training compiles).
+    Fixed mode lists ``widths.fixed``; sandwich mode draws :func:`sandwich_widths`, its random
+    widths snapped to ``widths.grid_step`` when it is set (which bounds the programs per-width
+    training compiles). ``w_max`` and ``w_min`` are trained as they are, on the grid or not.
     """
     w = config.widths
     if w.mode == "fixed":
         widths = [float(x) for x in w.fixed]
     else:
-        widths = list(sandwich_widths(config.seed, step, w.num, w.w_min, w.w_max))
+        widest, narrowest, *middle = sandwich_widths(config.seed, step, w.num, w.w_min, w.w_max)
         if w.grid_step:
-            widths = [min(w.w_max, max(w.w_min, round(round(x / w.grid_step) * w.grid_step, 10)))
-                      for x in widths]
+            middle = [min(w.w_max, max(w.w_min, round(round(x / w.grid_step) * w.grid_step, 10))) for x in middle]
+        widths = [widest, narrowest, *middle]
     widest = max(widths)
     widths.remove(widest)
     return (widest, *widths)

@@ -134,6 +134,13 @@ def test_sandwich_widths_can_be_drawn_on_a_grid():
         widths = step_widths(config, step)
         assert widths[0] == 1.0 and 0.25 in widths
         assert all(abs(w / 0.05 - round(w / 0.05)) < 1e-9 and 0.25 <= w <= 1.0 for w in widths)
+    # Bounds off the grid are trained as they are (rounded, 0.39 would be 0.4 and 0.97 0.96).
+    config.widths.grid_step, config.widths.w_min, config.widths.w_max = 0.02, 0.39, 0.97
+    for step in range(20):
+        widest, narrowest, *middle = step_widths(config, step)
+        assert (widest, narrowest) == (0.97, 0.39)
+        assert all(abs(w / 0.02 - round(w / 0.02)) < 1e-9 or w in (0.39, 0.97) for w in middle)
+        assert all(0.39 <= w <= 0.97 for w in middle)
     config.widths.grid_step = 1.5
     with pytest.raises(config_lib.ConfigError, match="widths.grid_step"):
         config_lib.validate(config)
