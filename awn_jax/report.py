@@ -173,7 +173,7 @@ def choose_width(result: dict, *, budget_macs: float | None = None, budget_ms: f
         if any(r.get("batch_ms") is None for r in rows.values()):
             raise ValueError(
                 "this sweep measured no latency (throughput_repeats 0, or a sweep from an older"
-                " version): sweep again with --throughput_repeats=3."
+                " version): sweep again with --throughput_repeats=3 (with a budget too, it replaces the saved sweep)."
             )
         width = costs.width_for_budget({w: r["batch_ms"] for w, r in rows.items()}, budget_ms, " ms")
     return rows[width]

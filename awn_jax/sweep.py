@@ -76,6 +76,9 @@ def sweep(
     Returns:
       ``{"summary": {...}, "rows": [...]}`` as written to ``sweep.json``.
     """
+    if test_examples is not None and (isinstance(test_examples, bool) or not isinstance(test_examples, int)
+                                      or test_examples < 0):
+        raise ValueError(f"test_examples {test_examples!r} is not an integer >= 0; use 0 (all) or a positive integer.")
     start = time.perf_counter()
     with compilation.count_compilations() as compiled:
         run = evaluation.restore_run(workdir, step)

@@ -206,6 +206,35 @@ def test_evaluate_and_export_command_lines(capsys, tmp_path, trained):
     assert _snapshot(workdir) == before
 
 
+
+def test_a_budget_reuses_the_saved_sweep_unless_a_flag_asks_for_another(capsys, tmp_path, trained, monkeypatch):
+    workdir = _copy(trained, tmp_path)
+    saved = json.loads((workdir / "eval" / "sweep.json").read_text())
+    assert all(r["batch_ms"] is None for r in saved["rows"])  # swept without timing
+    calls = []
+
+    def timed_sweep(path, **kwargs):  # the sweep the flags ask for, with latencies
+        calls.append(kwargs)
+        return {**saved, "rows": [dict(r, batch_ms=1.0) for r in saved["rows"]]}
+
+    monkeypatch.setattr(sweep, "sweep", timed_sweep)
+    args = ["evaluate", f"--workdir={workdir}", "--budget_ms=5"]
+    assert evaluate_cli.run(args) == 2
+    _assert_one_line_error(2, capsys.readouterr().err, "measured no latency", "--throughput_repeats=3")
+    assert calls == []
+    assert evaluate_cli.run([*args, "--throughput_repeats=3"]) == 0  # the advice works
+    assert calls[-1]["throughput_repeats"] == 3 and "width" in capsys.readouterr().out
+    for flag, key, value in (("--test_examples=8", "test_examples", 8), ("--one_pass=false", "one_pass", False),
+                             ("--step=3", "step", 3)):
+        assert evaluate_cli.run([*args, flag]) == 0
+        assert calls[-1][key] == value, flag
+    assert len(calls) == 4
+    assert evaluate_cli.run([*args, "--test_examples=-5"]) != 0
+    assert "--test_examples" in capsys.readouterr().err and len(calls) == 4
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="test_examples -5 is not an integer >= 0"):
+        sweep.sweep(str(workdir), test_examples=-5, write=False)
+
 @pytest.mark.parametrize("content,needles", [
     (None, ["does not exist", "configs/lenet_fmnist.py"]),
     ("def get_config(:\n", ["syntax error at line 1"]),

@@ -36,15 +36,15 @@ def define_flags() -> flags.FlagValues:
     flags.DEFINE_enum("one_pass", "auto", ["auto", "true", "false"], "AWN one-pass sweep (auto: on for AWN).",
                       flag_values=fv)
     flags.DEFINE_integer("throughput_repeats", None, "Timed batches per width for images/s (0: skip).",
-                         flag_values=fv)
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_integer("test_examples", None, "First N test images (0: all; default: as in training).",
-                         flag_values=fv)
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_list("compare", None, "Comma-separated workdirs or sweep.json files to overlay.", flag_values=fv)
     flags.DEFINE_string("out", None, "With --compare: write the overlay plot (PNG) here.", flag_values=fv)
     flags.DEFINE_float("budget_macs", None, "Pick the widest width within this many MACs per image"
-                       " (reuses the saved sweep).", flag_values=fv)
+                       " (reuses the saved sweep unless a flag above asks for another).", flag_values=fv)
     flags.DEFINE_float("budget_ms", None, "Pick the widest width whose measured time per eval batch fits"
-                       " (reuses the saved sweep).", flag_values=fv)
+                       " (reuses the saved sweep unless a flag above asks for another).", flag_values=fv)
     common.define_launch_flags(fv)
     return fv
 
@@ -68,8 +68,9 @@ def main(fv: flags.FlagValues, args: list[str]) -> int:
         return 0
     budget = fv.budget_macs is not None or fv.budget_ms is not None
     saved = io.sweep_path(fv.workdir, fv.calibration)
-    # Process 0's view decides, so that no process sweeps alone.
-    if budget and fv.step is None and multihost.broadcast_int(int(os.path.exists(saved))):
+    # A flag that shapes the sweep asks for a new one; process 0's view decides, so that no process sweeps alone.
+    reshaped = any(fv[name].present for name in ("step", "one_pass", "throughput_repeats", "test_examples"))
+    if budget and not reshaped and multihost.broadcast_int(int(os.path.exists(saved))):
         result = report.load_result(saved)
     else:
         one_pass = {"auto": None, "true": True, "false": False}[fv.one_pass]
