@@ -191,7 +191,8 @@ class _WidthLinear(nn.Module):
         """:class:`Widenable`: the output at ``width`` from ``old``, the output at ``new_from``.
 
         Computes the new output channels, or for a fixed-output layer the new input
-        channels' contribution to every output.
+        channels' contribution to every output. A layer fixed on both sides is computed
+        again: its input may change with the width (after a fixed-output layer).
 
         Raises:
           ValueError: a sliced layer with both sides sliced (its old outputs read new inputs).
@@ -204,6 +205,8 @@ class _WidthLinear(nn.Module):
             )
         full_in, c_in, c_out = self._active_counts(x, width)
         new_from = validate_width(new_from)
+        if self.fixed_input and self.fixed_output:
+            return self._forward(x, width)
         if self.fixed_output:
             start = num_channels(new_from, full_in)
             return _grown(old, start, c_in, lambda: self._forward(x, width, start), add=True)
@@ -308,6 +311,8 @@ class SlicedConv(_WidthLinear):
     def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
         kh, kw = _pairs(self.kernel_size, "kernel_size")
         kernel, bias, weights = self._sliced_kernel((kh, kw), x, width, first_new)
+        if first_new is not None and self.fixed_output:
+            x = x[..., first_new:]  # the kernel's rows: the new inputs only
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         conv_args = (_pairs(self.strides, "strides"), _padding(self.padding))

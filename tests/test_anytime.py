@@ -127,8 +127,21 @@ class OwnNet(nn.Module):
         return layers.TriangularDense(5, in_features=24, fixed_output=True)(jnp.mean(x, axis=(1, 2)))
 
 
-def test_widening_works_for_ones_own_triangular_model():
-    model, shape = OwnNet(), (12, 12, 3)
+class ConvHeadNet(nn.Module):
+    """Fully convolutional: a fixed-output 1x1 conv head, then a layer fixed on both sides (whose input
+    changes with the width)."""
+
+    @nn.compact
+    def __call__(self, x, width=1.0):
+        x = layers.TriangularConv(8, fixed_input=True)(x, width)
+        x = nn.relu(layers.PrefixBatchNorm(8)(x, width))
+        x = layers.TriangularConv(3, kernel_size=(1, 1), in_features=8, fixed_output=True)(x, width)
+        return layers.TriangularDense(4, fixed_input=True, fixed_output=True)(jnp.mean(x, axis=(1, 2)), width)
+
+
+@pytest.mark.parametrize("model", [OwnNet(), ConvHeadNet()], ids=["dense-head", "conv-head"])
+def test_widening_works_for_ones_own_triangular_model(model):
+    shape = (12, 12, 3)
     variables = _randomised(model, shape)
     assert float(jnp.max(_chain_errors(model, (0.3, 0.5, 0.9))(variables, _images(shape)))) < 2e-5
 
