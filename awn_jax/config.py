@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.momentum = 0.9
     c.optim.nesterov = False
     c.optim.schedule = "step"
-    c.optim.milestones = (0.5, 0.75)  # fractions of training; each decays at its nearest epoch boundary
+    c.optim.milestones = (0.5, 0.75)  # fractions of training: each decays at its nearest epoch boundary, >= 1
     c.optim.decay_factor = 0.1
     c.optim.decay_1d_and_depthwise = True  # False: no decay on biases, BN and depthwise
 

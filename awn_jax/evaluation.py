@@ -81,41 +81,40 @@ def restore_run(workdir: str, step: int | None = None) -> Run:
                io.dir_bytes(os.path.join(io.checkpoints_dir(workdir), str(step))))
 
 
-
-def calibrated(run: Run, widths: int, workdir: str, train_split: input_pipeline.Source | None = None, *,
+def calibrated(run: Run, num_widths: int, workdir: str, train_split: input_pipeline.Source | None = None, *,
                required: bool = False) -> tuple[Any, dict]:
-    """The model and variables of ``run``, US-Net's BatchNorm calibrated at ``widths`` widths.
+    """The model and variables of ``run``, US-Net's BatchNorm calibrated at ``num_widths`` widths.
 
     A calibration stored for the run's step (``calibration/<N>w/``, written by the sweep) is
-    loaded; otherwise it is computed from ``config.sweep.calibration_batches`` training
-    batches (``train_split``, else the run's dataset) and stored. ``widths`` 0 keeps the
-    statistics as trained, shared by every width.
+    loaded. Otherwise it is computed from ``config.sweep.calibration_batches`` training
+    batches (``train_split``, else the run's dataset) and stored there, replacing one of
+    another step. ``num_widths`` 0 keeps the statistics as trained, shared by every width.
 
     Args:
       run: a restored run.
-      widths: the number of calibrated widths (the paper's 4, 10 or 20); 0: none.
+      num_widths: the number of calibrated widths (the paper's 4, 10 or 20); 0: none.
       workdir: the run's workdir.
       train_split: the training split to calibrate on (default: opened from the run's config).
-      required: refuse a US-Net run with ``widths`` 0, as serving one takes calibrated
+      required: refuse a US-Net run with ``num_widths`` 0, as serving one takes calibrated
         statistics (its shared ones are no width's).
 
     Raises:
       ValueError: a calibration for a run that is not US-Net, or none for US-Net where ``required``.
     """
     c = run.config
-    if widths and c.variant != "usnet":
+    if num_widths and c.variant != "usnet":
         raise ValueError(f"--calibration is for US-Net; this run is {c.variant!r}.")
-    if not widths:
+    if not num_widths:
         if required and c.variant == "usnet":
-            raise ValueError("this US-Net run serves with BatchNorm statistics calibrated per width: add"
-                             f" --calibration=N (its sweeps calibrated at {', '.join(map(str, c.sweep.calibrations))}"
-                             " widths; a stored calibration is reused).")
+            raise ValueError("this US-Net run serves with BatchNorm statistics calibrated per width: give"
+                             " --calibration=N (calibration=N in Python), e.g. 4, 10 or 20 widths; a calibration"
+                             " stored for this step is reused, else training batches calibrate it.")
         return run.model, run.variables
-    listed = calibration_widths(widths, smallest_trained_width(c))
+    listed = calibration_widths(num_widths, smallest_trained_width(c))
     model = run.model.clone(bn_widths=listed)
     sample = jnp.zeros((1, *run.info.image_shape), jnp.float32)
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), sample))["batch_stats"]
-    stored = calibration.load_calibration(workdir, widths, run.step, listed, target)
+    stored = calibration.load_calibration(workdir, num_widths, run.step, listed, target)
     if stored is not None:
         return model, {"params": run.variables["params"], "batch_stats": stored}
     if train_split is None:
@@ -128,8 +127,9 @@ def calibrated(run: Run, widths: int, workdir: str, train_split: input_pipeline.
     variables = calibration.calibrate(model, run.variables["params"], run.variables["batch_stats"],
                                       batches, listed)
     if multihost.is_primary():
-        calibration.save_calibration(workdir, widths, listed, run.step, variables["batch_stats"])
+        calibration.save_calibration(workdir, num_widths, listed, run.step, variables["batch_stats"])
     return model, variables
+
 
 def _restore(workdir: str, target: Any, step: int | None, latest: int | None, attempts: int = 3) -> tuple[Any, int]:
     """Restores ``step``, or else the latest checkpoint; returns the state and its step.

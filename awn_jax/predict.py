@@ -93,11 +93,12 @@ class Predictor:
         """The any-width model of a training workdir's checkpoint, at ``widths``.
 
         A US-Net run needs ``calibration``, its BatchNorm calibrated at that many widths
-        (``evaluation.calibrated``; a calibration its sweep stored is reused).
+        (``evaluation.calibrated``: a calibration stored for the step is reused, else training
+        batches calibrate it and it is stored in the workdir).
         """
+        widths = sorted({validate_width(w, "width") for w in widths})
         run = evaluation.restore_run(workdir, step)
         model, variables = evaluation.calibrated(run, calibration, workdir, required=True)
-        widths = sorted({validate_width(w, "width") for w in widths})
         programs = {w: jax.jit(lambda x, w=w: model.apply(variables, data.preprocess(x, run.info), width=w))
                     for w in widths}
         macs = {w: c.macs for w, c in zip(widths, costs.width_costs(model, variables, run.info.image_shape, widths))}

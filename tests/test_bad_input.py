@@ -206,7 +206,6 @@ def test_evaluate_and_export_command_lines(capsys, tmp_path, trained):
     assert _snapshot(workdir) == before
 
 
-
 def test_a_budget_reuses_the_saved_sweep_unless_a_flag_asks_for_another(capsys, tmp_path, trained, monkeypatch):
     workdir = _copy(trained, tmp_path)
     saved = json.loads((workdir / "eval" / "sweep.json").read_text())

@@ -177,7 +177,6 @@ def test_mobilenet_v2_through_the_tuned_inference_lowering_has_no_grouped_convol
                                rtol=1e-5, atol=1e-5)
 
 
-
 def test_mobilenet_v2_trains_through_depthwise_taps_in_float32_with_the_grouped_convolutions_gradients():
     """The CPU's training lowering, whole model: float32 (where the taps engage), train mode, a sliced width."""
     model = MobileNetV2(block_settings=((6, 12, 2, 2),), stem_channels=8, last_channels=32)  # strides 2 and 1

@@ -217,13 +217,13 @@ def test_a_usnet_run_exports_and_serves_with_its_calibration_and_not_without(tra
     args = ["export", f"--workdir={workdir}", f"--width={width}", f"--out={out}"]
     assert export_cli.run(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "add --calibration=N" in err[0], err
+    assert len(err) == 1 and "give --calibration=N" in err[0], err
     assert not out.exists()
     assert export_cli.run([*args, "--calibration=4"]) == 0
     plain, plain_variables = export.load(str(out))
     np.testing.assert_allclose(plain.apply(plain_variables, x), served, rtol=1e-5, atol=1e-5)
 
-    with pytest.raises(ValueError, match="add --calibration=N"):
+    with pytest.raises(ValueError, match="give --calibration=N"):
         Predictor.from_workdir(workdir, widths=(width,))
     predictor = Predictor.from_workdir(workdir, widths=(width,), calibration=4, batch_sizes=(5,), repeats=1)
     np.testing.assert_allclose(predictor.programs[width](images), served, rtol=1e-5, atol=1e-5)

@@ -58,7 +58,6 @@ def test_large_model_configs_build_their_models(name, classes):
     assert out.shape == (2, classes)
 
 
-
 @pytest.mark.parametrize("epochs,milestones,decays_at", [
     (100, (0.5, 0.75), {50: 1, 75: 1}),  # the paper's LeNet protocol
     (350, (250 / 350, 300 / 350), {250: 1, 300: 1}),  # MobileNetV2 AWN+RS

@@ -32,7 +32,7 @@ def define_flags() -> flags.FlagValues:
     flags.DEFINE_string("workdir", None, "Training workdir to sweep.", flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
     flags.DEFINE_integer("calibration", 0, "US-Net: calibrate BatchNorm at this many widths (paper: 4, 10, 20).",
-                         flag_values=fv)
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_enum("one_pass", "auto", ["auto", "true", "false"], "AWN one-pass sweep (auto: on for AWN).",
                       flag_values=fv)
     flags.DEFINE_integer("throughput_repeats", None, "Timed batches per width for images/s (0: skip).",

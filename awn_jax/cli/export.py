@@ -7,7 +7,9 @@ masks folded and the channels sliced, saved as its own orbax checkpoint with a
 model.json beside it (awn_jax.export.load reads it back). --channel_multiple=4 pads
 every channel count to a multiple of 4 with zero channels: the same logits, and on
 backends that are faster at aligned counts, faster. A US-Net run exports with its BatchNorm
-calibrated per width: --calibration=4 (or 10, 20) reuses the calibration its sweep stored.
+calibrated per width: --calibration=4 (or 10, 20) reuses the calibration its sweep stored for
+the step, or else calibrates on training batches (the dataset must be at hand) and stores it
+in the workdir.
 
     python -m awn_jax.export --workdir=workdirs/awn --width=0.5 --format=stablehlo --out=exported/w050
 
@@ -44,8 +46,8 @@ def define_flags() -> flags.FlagValues:
                          " channels (the same logits; aligned counts can run faster).", lower_bound=1,
                          flag_values=fv)
     flags.DEFINE_integer("calibration", 0, "US-Net (required there): BatchNorm calibrated at this many widths, as"
-                         " the sweep's eval_calibrated_<N>w (a stored calibration is reused).", lower_bound=0,
-                         flag_values=fv)
+                         " the sweep's eval_calibrated_<N>w (one stored for the step is reused; else training"
+                         " batches calibrate it, stored in the workdir).", lower_bound=0, flag_values=fv)
     flags.mark_flags_as_required(["workdir", "width", "out"], flag_values=fv)
     return fv
 

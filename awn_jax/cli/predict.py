@@ -41,8 +41,8 @@ def define_flags() -> flags.FlagValues:
     flags.DEFINE_list("widths", ["0.25", "0.5", "0.75", "1.0"], "With --workdir: the widths to compile.",
                       flag_values=fv)
     flags.DEFINE_integer("calibration", 0, "With --workdir of a US-Net run (required there): BatchNorm calibrated"
-                         " at this many widths (a calibration its sweep stored is reused).", lower_bound=0,
-                         flag_values=fv)
+                         " at this many widths (one stored for the step is reused; else training batches calibrate"
+                         " it, stored in the workdir).", lower_bound=0, flag_values=fv)
     flags.DEFINE_list("exported", None, "Instead of --workdir: --format=stablehlo export directories, one per"
                       " width.", flag_values=fv)
     flags.DEFINE_string("inputs", None, "A directory of PNG/JPEG files, or an .npy array of uint8 images.",
