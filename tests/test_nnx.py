@@ -50,6 +50,11 @@ def test_train_mode_updates_the_nnx_batch_stats_as_linen_does(pair):
     c = num_channels(0.5, 45)
     np.testing.assert_array_equal(after["bn1"]["mean"][c:], before["batch_stats"]["bn1"]["mean"][c:])
     assert not np.allclose(after["bn1"]["mean"][:c], before["batch_stats"]["bn1"]["mean"][:c])
+    # Naming the collection keeps the module's state as it was built (mutable=True would also keep,
+    # and append to on every call, what the layers sow: their costs and effective arrays).
+    structure = jax.tree.structure(nnx.state(module))
+    module(X, width=0.7, train=True, mutable=["batch_stats"])
+    assert jax.tree.structure(nnx.state(module)) == structure
 
 
 def test_an_nnx_training_step_equals_the_linen_gradient_step(pair):
