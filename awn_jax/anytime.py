@@ -18,6 +18,10 @@ protocol) to ``layer.widen(cached_output, *call_args, new_from=cache.width)``,
 which computes only the new channels and joins them to the cached ones; the
 model's code is unchanged. Element-wise steps between layers (ReLU, pooling,
 residual additions) run on the whole widened map: they cost no multiply-accumulates.
+Widening reuses a layer's old outputs, so what a layer reads must keep its old
+channels' values: the model's input and every triangular layer's output do. A
+fixed-output layer's (a classifier's) does not; after one, only layers fixed on both
+sides may follow, and they are computed again.
 
 S-Net, US-Net and standard-BN models are refused: their existing channels change
 with width (sliced layers read new inputs; their BatchNorms switch statistics).
