@@ -14,7 +14,7 @@ from awn_jax.data import DATASETS
 from awn_jax.images import MIN_CROP_SCALE
 from awn_jax.layers import INITS
 from awn_jax.models import MODELS, VARIANTS
-from awn_jax.widths import SNET_WIDTHS
+from awn_jax.widths import snet_widths
 
 __all__ = ["base_config", "lenet_config", "mobilenet_config", "resnet_config", "imagenet_config", "validate",
            "apply_smoke", "ConfigError"]
@@ -263,14 +263,22 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             _fail(field, f"{value!r} is not a positive integer", "use an integer >= 1")
     if not (isinstance(c.learning_rate, (int, float)) and c.learning_rate > 0 and math.isfinite(c.learning_rate)):
         _fail("learning_rate", f"{c.learning_rate!r} is not positive", "use a positive number")
-    if not (isinstance(c.weight_decay, (int, float)) and c.weight_decay >= 0):
-        _fail("weight_decay", f"{c.weight_decay!r} is negative", "use a number >= 0")
+    if not (isinstance(c.weight_decay, (int, float)) and c.weight_decay >= 0 and math.isfinite(c.weight_decay)):
+        _fail("weight_decay", f"{c.weight_decay!r} is not a finite number >= 0", "use a number >= 0")
     if not 0 <= c.optim.momentum < 1:
         _fail("optim.momentum", f"{c.optim.momentum!r} is outside [0, 1)", "use e.g. 0.9")
     if c.optim.schedule not in SCHEDULES:
         _fail("optim.schedule", f"unknown schedule {c.optim.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
-    if any(not 0 < m < 1 for m in c.optim.milestones) or list(c.optim.milestones) != sorted(c.optim.milestones):
-        _fail("optim.milestones", f"{c.optim.milestones!r}", "use increasing fractions of training in (0, 1)")
+    milestones = c.optim.milestones
+    if (any(isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < 1 for m in milestones)
+            or list(milestones) != sorted(milestones)):
+        _fail("optim.milestones", f"{milestones!r}", "use increasing fractions of training in (0, 1)")
+    factor = c.optim.decay_factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        _fail("optim.decay_factor", f"{factor!r} is not in (0, 1]", "use e.g. 0.1 (the rate's factor at each milestone)")
+    multiplier = c.model_args.width_multiplier
+    if multiplier is not None and not (multiplier > 0 and math.isfinite(multiplier)):
+        _fail("model_args.width_multiplier", f"{multiplier!r} is not a positive number", "use e.g. 1.0 or 1.4142")
     for field in ("data.train_examples", "data.test_examples", "data.workers", "data.image_size",
                   "sweep.throughput_repeats"):
         value = _field(c, field)
@@ -291,7 +299,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("data.crop_min_scale", f"{c.data.crop_min_scale!r} is not a fraction of the image", "use (0, 1]")
     if c.data.image_size and c.data.image_size < 32:
         _fail("data.image_size", f"{c.data.image_size} pixels is too small a crop", "use 0 (224) or >= 32")
-    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in c.sweep.calibrations):
+    if not c.sweep.calibrations or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                       for n in c.sweep.calibrations):
         _fail("sweep.calibrations", f"{c.sweep.calibrations!r}", "list positive numbers of widths, e.g. (4, 10, 20)")
     # A grid finer than 0.001 would sweep hundreds of thousands of widths (one program each).
     if not (isinstance(c.sweep.grid_step, (int, float)) and (c.sweep.grid_step == 0 or
@@ -314,14 +323,20 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             _fail("widths.fixed", "no widths listed", "list at least one width")
         for i, value in enumerate(w.fixed):
             _check_width(f"widths.fixed[{i}]", value)
+    if not c.eval_widths:
+        _fail("eval_widths", "no widths listed", "list at least one width to evaluate after each epoch")
     for i, value in enumerate(c.eval_widths):
         _check_width(f"eval_widths[{i}]", value)
     bn_widths = c.model_args.bn_widths
+    for i, value in enumerate(bn_widths or ()):
+        _check_width(f"model_args.bn_widths[{i}]", value)
     if c.variant == "snet":
-        listed = set(bn_widths or SNET_WIDTHS)
-        if w.mode != "fixed" or not set(w.fixed) <= listed:
-            _fail("widths", "S-Net trains its listed BatchNorm widths",
-                  f"use widths.mode='fixed' with widths.fixed inside {sorted(listed)}")
+        if w.mode != "fixed":
+            _fail("widths.mode", "S-Net trains its listed BatchNorm widths", "use widths.mode='fixed'")
+        listed = snet_widths(c)
+        if not set(w.fixed) <= set(listed):
+            _fail("widths.fixed", f"S-Net trains its listed BatchNorm widths, {list(listed)}",
+                  "list widths.fixed inside model_args.bn_widths, or leave bn_widths unset (it is then widths.fixed)")
     elif bn_widths:
         _fail("model_args.bn_widths", f"set for variant {c.variant!r}",
               "bn_widths lists S-Net's switchable widths; US-Net's are set by calibration")

@@ -32,6 +32,7 @@ __all__ = [
     "REFERENCE_WIDTHS",
     "is_reference_width",
     "SNET_WIDTHS",
+    "snet_widths",
     "smallest_trained_width",
     "step_widths",
     "representatives",
@@ -253,6 +254,11 @@ def is_reference_width(width: float) -> bool:
 
 SNET_WIDTHS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 """S-Net's default listed widths: its switchable BatchNorms and the widths it trains."""
+
+
+def snet_widths(config) -> tuple[float, ...]:
+    """S-Net's listed BatchNorm widths, sorted: ``model_args.bn_widths``, else the widths it trains (``widths.fixed``)."""
+    return tuple(sorted_unique(config.model_args.bn_widths or config.widths.fixed))
 
 
 def smallest_trained_width(config) -> float:

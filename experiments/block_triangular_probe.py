@@ -13,6 +13,7 @@ rounds, one run), after checking that both compute the same values.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 
 import jax
@@ -49,6 +50,7 @@ def _compiled(f, x, w, backward: bool):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.normal(size=(B, H, H, C)), jax.numpy.float32)
     w = jax.numpy.asarray(rng.normal(size=(K, K, C, C)), jax.numpy.float32)

@@ -249,6 +249,18 @@ def test_bad_config_files(capsys, tmp_path, content, needles):
     assert not os.path.exists(tmp_path / "wd")
 
 
+
+def test_a_second_config_file_is_the_one_checked_and_helpfull_lists_the_flags_and_config_fields(capsys, tmp_path):
+    code, err = _train_cli(capsys, tmp_path / "wd", f"--config={tmp_path / 'missing.py'}")  # absl takes the last
+    _assert_one_line_error(code, err, str(tmp_path / "missing.py"), "does not exist")
+    assert not os.path.exists(tmp_path / "wd")
+    for command, args in ((train_cli, []), (train_cli, [f"--config={CONFIG}"]), (export_cli, []),
+                          (evaluate_cli, [])):
+        assert command.run(["prog", *args, "--helpfull"]) == 0  # required flags missing: still the help
+        out = capsys.readouterr().out
+        assert "--workdir" in out and "tune_xla_cpu" in out
+        assert ("--config.learning_rate=" in out) == bool(args), out[-500:]
+
 def test_compare_refuses_broken_sweeps_and_unwritable_plots(capsys, tmp_path, trained):
     workdir = _copy(trained, tmp_path)
     other = _copy(trained, tmp_path, "other")

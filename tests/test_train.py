@@ -115,6 +115,14 @@ def test_a_workdir_of_another_config_is_refused(tmp_path):
     ("sweep.grid_step", 2.0, "config.sweep.grid_step: 2.0"),
     ("sweep.grid_step", -1.0, "config.sweep.grid_step: -1.0"),
     ("sweep.calibration_batches", 0, "config.sweep.calibration_batches"),
+    ("optim.milestones", ("a",), "config.optim.milestones"),
+    ("optim.milestones", (None,), "config.optim.milestones"),
+    ("optim.decay_factor", 0.0, "config.optim.decay_factor: 0.0 is not in \\(0, 1\\]"),
+    ("optim.decay_factor", 10.0, "config.optim.decay_factor"),
+    ("eval_widths", (), "config.eval_widths: no widths listed"),
+    ("sweep.calibrations", (), "config.sweep.calibrations"),
+    ("weight_decay", float("inf"), "config.weight_decay: inf"),
+    ("model_args.width_multiplier", -1.0, "config.model_args.width_multiplier"),
 ])
 def test_invalid_configs_are_rejected_naming_the_field(field, value, match):
     config = tiny_config(**{"widths.mode": "sandwich"} if field == "widths.num" else {})
@@ -145,9 +153,19 @@ def test_sandwich_widths_can_be_drawn_on_a_grid():
         config_lib.validate(config)
 
 
-def test_snet_must_train_its_listed_widths():
+def test_snet_lists_the_widths_it_trains_unless_told_otherwise_and_trains_only_listed_ones():
     config = tiny_config(variant="snet", **{"widths.fixed": (1.0, 0.6)})
-    with pytest.raises(config_lib.ConfigError, match="S-Net trains its listed BatchNorm widths"):
+    config_lib.validate(config)
+    assert from_config(config, 10).bn_widths == (0.6, 1.0)
+    mbv2 = load_config("mbv2_cifar10")  # trains at 0.35, which S-Net's usual four widths do not list
+    mbv2.variant, mbv2.widths.mode = "snet", "fixed"
+    config_lib.validate(mbv2)
+    assert from_config(mbv2, 10).bn_widths == (0.35, 0.5, 0.75, 1.0)
+    config.model_args.bn_widths = (0.25, 0.5, 0.75, 1.0)
+    with pytest.raises(config_lib.ConfigError, match="config.widths.fixed: S-Net trains its listed BatchNorm widths"):
+        config_lib.validate(config)
+    config.model_args.bn_widths, config.widths.mode = None, "sandwich"
+    with pytest.raises(config_lib.ConfigError, match="config.widths.mode: S-Net"):
         config_lib.validate(config)
 
 

@@ -501,7 +501,7 @@ def input_table(data_dir: str | None, image_size: int, workers: Sequence[int], t
 def define_flags() -> flags.FlagValues:
     """The benchmark's flags."""
     fv = common.new_flags()
-    flags.DEFINE_integer("steps", 15, "Timed steps per figure.", flag_values=fv)
+    flags.DEFINE_integer("steps", 15, "Timed steps per figure.", lower_bound=1, flag_values=fv)
     flags.DEFINE_list("models", ["lenet3c1l"], f"Models to time, of {', '.join(BENCHMARKED)} (ResNet-20 and"
                       " MobileNetV2 are slow to compile on CPU).", flag_values=fv)
     flags.register_validator("models", lambda names: bool(names) and set(names) <= set(BENCHMARKED),

@@ -110,13 +110,33 @@ def check_budgets(fv: flags.FlagValues, required: bool = False) -> None:
 
 
 def _config_file(argv: Sequence[str]) -> str | None:
-    """The ``--config`` value of ``argv`` (``--config=FILE`` or ``--config FILE``), if any."""
+    """The ``--config`` value of ``argv`` (``--config=FILE`` or ``--config FILE``), if any: the last, as absl takes."""
+    path = None
     for i, arg in enumerate(argv[1:], start=1):
         if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
+
+
+def _config_fields(fv: flags.FlagValues) -> str:
+    """``--config.FIELD=value`` lines of the loaded config, for ``--helpfull`` (empty without one)."""
+    try:
+        config = fv["config"].value if "config" in fv else None
+    except Exception:  # a config file that does not load: its own error is reported without --helpfull
+        return ""
+    if config is None:
+        return ""
+
+    def lines(node, prefix):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                yield from lines(value, f"{prefix}{key}.")
+            else:
+                yield f"  --config.{prefix}{key}={value!r}"
+
+    return "\n\nconfig fields (override any with --config.FIELD=VALUE):\n" + "\n".join(lines(config, ""))
 
 
 def _config_problem(path: str, error: BaseException) -> str:
@@ -152,8 +172,8 @@ def _check_config_module(file: str) -> None:
 
 def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_args: int) -> list[str]:
     """absl's parsing with every problem reported in one line (exit 2); ``--help`` prints the flags."""
-    def print_help_and_exit():
-        print(f"{doc.strip()}\n\nflags:\n{fv.get_help()}")
+    def print_help_and_exit(more: str = ""):
+        print(f"{doc.strip()}\n\nflags:\n{fv.get_help()}{more}")
         sys.exit(0)
 
     if any(a in ("-h", "--help", "--helpshort") for a in argv[1:]):
@@ -183,12 +203,12 @@ def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_a
             raise
         problem = _config_problem(path, e)
     else:
-        if full_help:  # after parsing, so that --config's fields are listed
-            print_help_and_exit()
         if len(rest) - 1 > max_args:
             problem = f"unexpected arguments: {' '.join(rest[1 + max_args:])}"
-        else:
+        elif not full_help:
             return rest[1:]
+    if full_help:  # after parsing, so that --config's fields are listed; a missing required flag does not stop it
+        print_help_and_exit(_config_fields(fv))
     print(f"error: {problem} ({prog} --helpfull lists the flags)", file=sys.stderr)
     sys.exit(2)
 

@@ -11,6 +11,7 @@ from awn_jax.models.common import PLAIN, VARIANTS, channel_sizes, variant_spec
 from awn_jax.models.lenet import LeNet3C1L
 from awn_jax.models.mobilenet_v2 import MobileNetV2, MobileNetV2ImageNet
 from awn_jax.models.resnet import ResNet, ResNet20, ResNet50, ResNet56
+from awn_jax.widths import snet_widths
 
 __all__ = ["LeNet3C1L", "MobileNetV2", "MobileNetV2ImageNet", "ResNet", "ResNet20", "ResNet56", "ResNet50", "MODELS",
            "PLAIN", "VARIANTS", "channel_sizes", "create_model", "from_config", "variant_spec"]
@@ -29,10 +30,15 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 def from_config(config: Any, num_classes: int) -> nn.Module:
     """The model a run's config describes (``config.model``, ``variant``, ``model_args``).
 
+    S-Net's switchable BatchNorms are listed at ``widths.snet_widths(config)``: ``bn_widths``,
+    else the widths it trains.
+
     It convolves with the platform's inference lowering, chosen when a program is traced
     (``conv.PlatformInference``); training programs swap in the training lowering
     (``train.training_model``).
     """
     kwargs = {k: v for k, v in config.model_args.items() if v is not None}
+    if config.variant == "snet":
+        kwargs["bn_widths"] = snet_widths(config)
     return create_model(config.model, variant=config.variant, num_classes=num_classes,
                         conv_lowering=conv.PlatformInference(), **kwargs)
