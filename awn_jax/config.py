@@ -336,7 +336,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         listed = snet_widths(c)
         if not set(w.fixed) <= set(listed):
             _fail("widths.fixed", f"S-Net trains its listed BatchNorm widths, {list(listed)}",
-                  "list widths.fixed inside model_args.bn_widths, or leave bn_widths unset (it is then widths.fixed)")
+                  "list widths.fixed inside model_args.bn_widths, or leave bn_widths unset")
+        if max(listed) < 1:
+            _fail("model_args.bn_widths" if bn_widths else "widths.fixed",
+                  f"S-Net's widest listed BatchNorm is at {max(listed)}, and evaluation and the sweep reach width 1",
+                  "list 1.0 too")
     elif bn_widths:
         _fail("model_args.bn_widths", f"set for variant {c.variant!r}",
               "bn_widths lists S-Net's switchable widths; US-Net's are set by calibration")

@@ -253,12 +253,17 @@ def is_reference_width(width: float) -> bool:
 
 
 SNET_WIDTHS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-"""S-Net's default listed widths: its switchable BatchNorms and the widths it trains."""
+"""S-Net's usual listed widths (its switchable BatchNorms): the models' default, and a run's
+when they cover the widths it trains (:func:`snet_widths`)."""
 
 
 def snet_widths(config) -> tuple[float, ...]:
-    """S-Net's listed BatchNorm widths, sorted: ``model_args.bn_widths``, else the widths it trains (``widths.fixed``)."""
-    return tuple(sorted_unique(config.model_args.bn_widths or config.widths.fixed))
+    """S-Net's listed BatchNorm widths, sorted: ``model_args.bn_widths`` if set; else
+    :data:`SNET_WIDTHS` when they cover the widths the run trains (``widths.fixed``), else those."""
+    if config.model_args.bn_widths:
+        return tuple(sorted_unique(config.model_args.bn_widths))
+    trained = sorted_unique(config.widths.fixed)
+    return SNET_WIDTHS if set(trained) <= set(SNET_WIDTHS) else tuple(trained)
 
 
 def smallest_trained_width(config) -> float:

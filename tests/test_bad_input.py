@@ -249,7 +249,6 @@ def test_bad_config_files(capsys, tmp_path, content, needles):
     assert not os.path.exists(tmp_path / "wd")
 
 
-
 def test_a_second_config_file_is_the_one_checked_and_helpfull_lists_the_flags_and_config_fields(capsys, tmp_path):
     code, err = _train_cli(capsys, tmp_path / "wd", f"--config={tmp_path / 'missing.py'}")  # absl takes the last
     _assert_one_line_error(code, err, str(tmp_path / "missing.py"), "does not exist")
@@ -260,6 +259,7 @@ def test_a_second_config_file_is_the_one_checked_and_helpfull_lists_the_flags_an
         out = capsys.readouterr().out
         assert "--workdir" in out and "tune_xla_cpu" in out
         assert ("--config.learning_rate=" in out) == bool(args), out[-500:]
+
 
 def test_compare_refuses_broken_sweeps_and_unwritable_plots(capsys, tmp_path, trained):
     workdir = _copy(trained, tmp_path)

@@ -161,8 +161,15 @@ def test_snet_lists_the_widths_it_trains_unless_told_otherwise_and_trains_only_l
     mbv2.variant, mbv2.widths.mode = "snet", "fixed"
     config_lib.validate(mbv2)
     assert from_config(mbv2, 10).bn_widths == (0.35, 0.5, 0.75, 1.0)
-    config.model_args.bn_widths = (0.25, 0.5, 0.75, 1.0)
+    config.widths.fixed = (1.0, 0.5)  # inside the usual four: listed at those four, as before (old checkpoints)
+    assert from_config(config, 10).bn_widths == (0.25, 0.5, 0.75, 1.0)
+    config.model_args.bn_widths = (0.25, 0.5, 1.0)
+    assert from_config(config, 10).bn_widths == (0.25, 0.5, 1.0)
+    config.widths.fixed = (1.0, 0.6)
     with pytest.raises(config_lib.ConfigError, match="config.widths.fixed: S-Net trains its listed BatchNorm widths"):
+        config_lib.validate(config)
+    config.model_args.bn_widths, config.widths.fixed = None, (0.35, 0.6)  # evaluation and the sweep reach 1
+    with pytest.raises(config_lib.ConfigError, match="config.widths.fixed: S-Net's widest listed BatchNorm is at 0.6"):
         config_lib.validate(config)
     config.model_args.bn_widths, config.widths.mode = None, "sandwich"
     with pytest.raises(config_lib.ConfigError, match="config.widths.mode: S-Net"):

@@ -180,7 +180,7 @@ def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_a
         print_help_and_exit()
     full_help = "--helpfull" in argv
     argv = [a for a in argv if a != "--helpfull"]
-    path = _config_file(argv)
+    path, problem = _config_file(argv), None
     try:
         if path is not None:
             _check_config_module(path.split(":", 1)[0])
@@ -207,7 +207,9 @@ def _parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str, max_a
             problem = f"unexpected arguments: {' '.join(rest[1 + max_args:])}"
         elif not full_help:
             return rest[1:]
-    if full_help:  # after parsing, so that --config's fields are listed; a missing required flag does not stop it
+    if full_help:  # after parsing, so that --config's fields are listed; a problem does not stop it
+        if problem:
+            print(f"note: {problem}", file=sys.stderr)
         print_help_and_exit(_config_fields(fv))
     print(f"error: {problem} ({prog} --helpfull lists the flags)", file=sys.stderr)
     sys.exit(2)

@@ -31,7 +31,7 @@ def from_config(config: Any, num_classes: int) -> nn.Module:
     """The model a run's config describes (``config.model``, ``variant``, ``model_args``).
 
     S-Net's switchable BatchNorms are listed at ``widths.snet_widths(config)``: ``bn_widths``,
-    else the widths it trains.
+    else the usual four when they cover the widths it trains, else those.
 
     It convolves with the platform's inference lowering, chosen when a program is traced
     (``conv.PlatformInference``); training programs swap in the training lowering

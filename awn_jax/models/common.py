@@ -193,7 +193,8 @@ def variant_spec(
     Args:
       variant: one of ``VARIANTS``, or ``PLAIN`` (an exported fixed-width model).
       width_multiplier: channel multiplier; ``None`` gives sqrt(2) for ``awn``, 1 otherwise.
-      bn_widths: S-Net's switchable widths (default 0.25, 0.5, 0.75, 1.0) or US-Net's
+      bn_widths: S-Net's switchable widths (default 0.25, 0.5, 0.75, 1.0; a run's config
+        lists them with ``widths.snet_widths``) or US-Net's
         calibrated widths (default none); must be ``None`` or empty for the others.
       conv_lowering: the conv layers' lowering (``awn_jax.conv``).
       plain_width: the ``plain`` variant's width (required for it, refused otherwise).
