@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from awn_jax import checkpoints, data, evaluation, io
-from awn_jax.widths import snet_widths
 from experiments import runner
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -61,7 +60,7 @@ def track(run_dir: str, train_split: data.Split) -> dict:
     first = evaluation.restore_run(run_dir, steps[0])
     x = _fixed_batch(train_split, first.info)
     model = first.model
-    variant, bn_widths = first.config.variant, snet_widths(first.config)
+    variant, bn_widths = first.config.variant, model.bn_widths  # S-Net's listed widths, as the model was built
     moments = {w: jax.jit(lambda v, x, w=w: model.apply(v, x, width=w, train=True, mutable=["batch_moments"])[1])
                for w in WIDTHS}
     out = {"steps": steps, "batch_mean": [], "batch_var": [], "running_mean": [], "running_var": []}
