@@ -5,6 +5,7 @@ import shutil
 import tempfile
 
 import pytest
+from hypothesis import settings
 
 from awn_jax import runtime
 
@@ -13,6 +14,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The suite runs XLA:CPU as the commands do (their --tune_xla_cpu), set before any backend
 # starts; the commands the tests start inherit it.
 runtime.tune_xla_cpu()
+# Property tests without a wall-clock deadline, and with the same examples on every run: a first
+# example's JAX dispatch took 302 ms against hypothesis's 200 ms under a loaded 2-core CPU, and
+# failed a run. Speed is the benchmarks' to measure, not the tests'.
+settings.register_profile("awn_jax", deadline=None, derandomize=True)
+settings.load_profile("awn_jax")
 # One persistent compilation cache for the whole run, shared by the xdist workers and the
 # commands the tests start (they inherit the variable): the same programs recur across tests,
 # and loading one is much faster than compiling it. Fresh per run, so no test sees another

@@ -67,7 +67,7 @@ def _normal_like(tree, rng):
     return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), tree)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10)
 @given(st.integers(1, 12), st.integers(1, 12), widths, widths, st.integers(0, 2**31 - 1))
 def test_triangular_dense_output_at_a_narrow_width_is_a_prefix_of_a_wide_one(c_in, c_out, w1, w2, seed):
     lo, hi = sorted((w1, w2))
@@ -80,7 +80,7 @@ def test_triangular_dense_output_at_a_narrow_width_is_a_prefix_of_a_wide_one(c_i
     np.testing.assert_allclose(narrow, wide[:, : narrow.shape[-1]], rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8)
 @given(st.integers(1, 8), st.integers(1, 8), widths, widths, st.integers(0, 2**31 - 1))
 def test_triangular_conv_with_batchnorm_is_prefix_invariant(c_in, c_out, w1, w2, seed):
     lo, hi = sorted((w1, w2))
