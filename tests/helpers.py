@@ -1,7 +1,8 @@
-"""Small generated datasets and configs for tests (no network, no real data)."""
+"""Small generated datasets and configs for tests (no network, no real data), and a compiled apply."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import io
@@ -17,6 +18,23 @@ import numpy as np
 from awn_jax import data
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def apply(model, variables, x, *args, **kwargs):
+    """``model.apply(variables, x, *args, **kwargs)`` as one compiled program.
+
+    Run eagerly, a model's apply compiles each operation on its own, once per shape:
+    a LeNet-3C1L export test spent 10 of its 20 s compiling 285 such programs. Arguments
+    after ``x`` are static (widths, flags; a list, e.g. ``mutable``, becomes a tuple).
+    """
+    static = tuple(tuple(a) if isinstance(a, list) else a for a in args)
+    named = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+    return _apply(model, variables, x, static, named)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _apply(model, variables, x, args, kwargs):
+    return model.apply(variables, x, *args, **dict(kwargs))
 
 
 def load_config(name: str, arg: str = ""):

@@ -9,7 +9,7 @@ import pytest
 from awn_jax import anytime, checkpoints, costs, export, layers, report
 from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet20
 from awn_jax.widths import num_channels
-from helpers import random_variables
+from helpers import apply, random_variables
 
 # A MobileNetV2 that compiles in seconds, with what matters: expansion, depthwise
 # convs, a stride-2 block and residual blocks (the repeated ones). The CIFAR layout
@@ -72,7 +72,7 @@ def test_the_cache_crosses_jit_boundaries():
     _, cache = jax.jit(lambda v, x: anytime.run(model, v, x, 0.4))(variables, x)
     out, cache = jax.jit(lambda v, x, c: anytime.widen(model, v, x, c, 1.0))(variables, x, cache)
     assert cache.width == 1.0
-    _close(out, model.apply(variables, x, width=1.0))
+    _close(out, apply(model, variables, x, width=1.0))
 
 
 @pytest.mark.parametrize("model,shape", [LENET, (MobileNetV2(), (32, 32, 3)), (ResNet20(), (32, 32, 3))],
@@ -190,7 +190,7 @@ def _assert_plain(plain, plain_vars, x):
         modules = [bound.stem, bound.stem_bn, block.depthwise if isinstance(plain, MobileNetV2) else block.convs[0],
                    bound.classifier]
     assert all(isinstance(m, (nn.Conv, nn.BatchNorm, nn.Dense)) for m in modules)
-    _, state = plain.apply(plain_vars, x, mutable=["effective", "costs"])
+    _, state = apply(plain, plain_vars, x, mutable=["effective", "costs"])
     assert not state  # the any-width layers' records: none here
 
 
@@ -207,9 +207,9 @@ def test_exported_lenet_equals_the_any_width_model(variant):
         _assert_plain(plain, plain_vars, x)
         active = num_channels(width, variables["params"]["conv2"]["kernel"].shape[-1])
         assert plain_vars["params"]["conv2"]["kernel"].shape[-2:] == (-(-active // multiple) * multiple,) * 2
-        _close(jax.jit(plain.apply)(plain_vars, x), model.apply(variables, x, width=width))
+        _close(apply(plain, plain_vars, x), apply(model, variables, x, width=width))
         # Sliced to the active channels, masks folded, padding zero: the stored non-zeros are the active params.
-        nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
+        nonzeros = sum(int(np.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
         assert nonzeros == costs.width_cost(model, variables, shape, width).params
 
 
@@ -220,13 +220,13 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
     sizes, expected = {}, {}
     for width in (0.35, 1.0):
         plain, plain_vars = export.export(model, variables, shape, width)
-        expected[width] = model.apply(variables, x, width=width)
-        _close(plain.apply(plain_vars, x), expected[width])
+        expected[width] = apply(model, variables, x, width=width)
+        _close(apply(plain, plain_vars, x), expected[width])
         directory = tmp_path / f"w{width}"
         export.save(plain, plain_vars, str(directory))
         loaded, loaded_vars = export.load(str(directory))
         assert loaded == plain  # model.json rebuilds the same plain model
-        _close(loaded.apply(loaded_vars, x), expected[width])
+        _close(apply(loaded, loaded_vars, x), expected[width])
         sizes[width] = (costs.model_size_bytes(plain_vars),
                         sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()))
     assert sizes[0.35][0] < 0.3 * sizes[1.0][0]  # variables; on disk, orbax's fixed overhead remains
@@ -237,7 +237,7 @@ def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tm
     assert all(k.shape[-1] % 8 == 0 for path, k in jax.tree_util.tree_leaves_with_path(padded_vars["params"])
                if path[-1].key == "kernel" and "classifier" not in jax.tree_util.keystr(path))
     assert jax.eval_shape(padded.apply, padded_vars, x).shape == expected[0.35].shape
-    nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(padded_vars["params"]))
+    nonzeros = sum(int(np.count_nonzero(p)) for p in jax.tree.leaves(padded_vars["params"]))
     assert nonzeros == costs.width_cost(model, variables, shape, 0.35).params
     export.save(padded, padded_vars, str(tmp_path / "padded"))
     loaded, loaded_vars = export.load(str(tmp_path / "padded"))
@@ -263,7 +263,7 @@ def test_exported_baseline_mobilenet_v2_equals_the_any_width_model(variant):
     x = _images(shape, n=2)
     plain, plain_vars = export.export(model, variables, shape, 0.3)
     _assert_plain(plain, plain_vars, x)
-    _close(plain.apply(plain_vars, x), model.apply(variables, x, width=0.3))
+    _close(apply(plain, plain_vars, x), apply(model, variables, x, width=0.3))
 
 
 def test_exported_resnet20_equals_the_any_width_model():
@@ -277,6 +277,6 @@ def test_exported_resnet20_equals_the_any_width_model():
     _assert_plain(plain, plain_vars, x)
     assert isinstance(plain, ResNet20) and plain.variant == "plain"
     assert all(k.shape[-1] % multiple == 0 for k in jax.tree.leaves(plain_vars["params"]) if k.ndim == 4)
-    _close(jax.jit(plain.apply)(plain_vars, x), model.apply(variables, x, width=0.4))
-    nonzeros = sum(int(jnp.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
+    _close(apply(plain, plain_vars, x), apply(model, variables, x, width=0.4))
+    nonzeros = sum(int(np.count_nonzero(p)) for p in jax.tree.leaves(plain_vars["params"]))
     assert nonzeros == costs.width_cost(model, variables, shape, 0.4).params
