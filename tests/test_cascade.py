@@ -7,7 +7,7 @@ import pytest
 from awn_jax import costs
 from awn_jax.cascade import Cascade, confidence
 from awn_jax.models import LeNet3C1L
-from helpers import random_variables
+from helpers import apply, random_variables
 
 WIDTHS = (0.25, 0.5, 1.0)
 
@@ -17,7 +17,7 @@ def lenet():
     model = LeNet3C1L(variant="awn")
     images = np.random.default_rng(0).normal(size=(37, 28, 28, 1)).astype(np.float32)
     variables = random_variables(model, jnp.asarray(images[:1]), seed=4)
-    direct = {w: np.asarray(model.apply(variables, jnp.asarray(images), width=w)) for w in WIDTHS}
+    direct = {w: np.asarray(apply(model, variables, jnp.asarray(images), width=w)) for w in WIDTHS}
     macs = {w: c.macs for w, c in zip(WIDTHS, costs.width_costs(model, variables, (28, 28, 1), WIDTHS))}
     return model, variables, images, direct, macs
 

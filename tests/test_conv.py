@@ -13,7 +13,7 @@ import pytest
 from awn_jax import anytime, conv, costs, layers, masks, pooling, runtime
 from awn_jax.config import lenet_config
 from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet20, from_config
-from helpers import conv2_ynn_calls, random_variables
+from helpers import apply, conv2_ynn_calls, random_variables
 
 CASES = [
     # (input HW, channels, kernel, out, strides, padding, groups)
@@ -278,21 +278,23 @@ def test_a_model_with_one_channel_taps_equals_the_convolution_at_narrow_widths_a
     taps = model.clone(conv_lowering=conv.OneChannelTaps(16))
     program = jax.jit(lambda v: taps.apply(v, x, width=0.25)).lower(variables).as_text()
     assert program.count("stablehlo.convolution") == 2  # conv2 and conv3; conv1's 11 outputs are taps
-    np.testing.assert_allclose(taps.apply(variables, x, width=0.25), model.apply(variables, x, width=0.25),
+    np.testing.assert_allclose(apply(taps, variables, x, width=0.25), apply(model, variables, x, width=0.25),
                                rtol=1e-5, atol=1e-5)
-    _, cache = anytime.run(taps, variables, x, 0.25)
-    out, _ = anytime.widen(taps, variables, x, cache, 0.3)  # conv1's 3 new outputs as taps
-    np.testing.assert_allclose(out, model.apply(variables, x, width=0.3), rtol=1e-5, atol=1e-5)
+    _, cache = jax.jit(lambda v, x: anytime.run(taps, v, x, 0.25))(variables, x)
+    # conv1's 3 new outputs as taps
+    out, _ = jax.jit(lambda v, x, c: anytime.widen(taps, v, x, c, 0.3))(variables, x, cache)
+    np.testing.assert_allclose(out, apply(model, variables, x, width=0.3), rtol=1e-5, atol=1e-5)
     # The tuned CPU's inference lowering (taps, column blocks, pools by channel count) computes the same logits.
     tuned = model.clone(conv_lowering=conv.XlaCpuInference())
     program = jax.jit(lambda v: tuned.apply(v, x, width=0.25)).lower(variables).as_text()
     assert program.count("stride = [1, 4]") == 2  # conv2 and conv3 at 11 outputs
     for width in (1.0, 0.5, 0.25):  # 45 and 11 channels pool strided, 22 by a reduction
-        np.testing.assert_allclose(tuned.apply(variables, x, width=width), model.apply(variables, x, width=width),
+        np.testing.assert_allclose(apply(tuned, variables, x, width=width), apply(model, variables, x, width=width),
                                    rtol=1e-5, atol=1e-5)
-    _, cache = anytime.run(tuned, variables, x, 0.25)
-    out, _ = anytime.widen(tuned, variables, x, cache, 0.5)  # 11 new outputs of 22 inputs in column pairs
-    np.testing.assert_allclose(out, model.apply(variables, x, width=0.5), rtol=1e-5, atol=1e-5)
+    _, cache = jax.jit(lambda v, x: anytime.run(tuned, v, x, 0.25))(variables, x)
+    # 11 new outputs of 22 inputs in column pairs
+    out, _ = jax.jit(lambda v, x, c: anytime.widen(tuned, v, x, c, 0.5))(variables, x, cache)
+    np.testing.assert_allclose(out, apply(model, variables, x, width=0.5), rtol=1e-5, atol=1e-5)
 
 
 def _slow_max_pool(x: np.ndarray) -> np.ndarray:
@@ -491,6 +493,6 @@ def test_block_triangular_computes_fewer_macs_and_widens_exactly(model, shape):
         lowered = model.clone(conv_lowering=conv.BlockTriangular(3))
         x = jnp.asarray(np.random.default_rng(2).normal(size=(2, *shape)), jnp.float32)
         params = random_variables(model, x)
-        _, cache = anytime.run(lowered, params, x, 0.4)
-        out, _ = anytime.widen(lowered, params, x, cache, 0.9)
-        np.testing.assert_allclose(out, model.apply(params, x, width=0.9), rtol=1e-5, atol=1e-5)
+        _, cache = jax.jit(lambda v, x: anytime.run(lowered, v, x, 0.4))(params, x)
+        out, _ = jax.jit(lambda v, x, c: anytime.widen(lowered, v, x, c, 0.9))(params, x, cache)
+        np.testing.assert_allclose(out, apply(model, params, x, width=0.9), rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from awn_jax import sweep, train
-from helpers import fake_split, tiny_config, write_fake_fmnist
+from helpers import apply, fake_split, tiny_config, write_fake_fmnist
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 BOUND_S = 120
@@ -194,7 +194,7 @@ def test_a_stablehlo_export_runs_without_this_library_and_equals_the_any_width_m
                            timeout=BOUND_S, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert serve.returncode == 0, serve.stderr[-2000:]
     run = evaluation.restore_run(str(workdir))
-    expected = run.model.apply(run.variables, data.preprocess(jnp.asarray(images), run.info), width=0.4)
+    expected = apply(run.model, run.variables, data.preprocess(jnp.asarray(images), run.info), width=0.4)
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-5, atol=1e-5)
     full = json.loads((workdir / "eval" / "sweep.json").read_text())["rows"][-1]
     assert full["width"] == 1.0 and meta["macs_per_image"] < full["macs"] / 2  # the narrow width costs less
@@ -214,7 +214,7 @@ def test_the_predictor_picks_the_widest_width_within_a_budget_and_equals_the_mod
     images = np.random.default_rng(1).integers(0, 256, (6, 28, 28, 1)).astype(np.uint8)
 
     def direct(width):
-        return run.model.apply(run.variables, data.preprocess(jnp.asarray(images), run.info), width=width)
+        return apply(run.model, run.variables, data.preprocess(jnp.asarray(images), run.info), width=width)
 
     predictor = Predictor.from_workdir(str(workdir), widths=(1.0, 0.25), batch_sizes=(1, 4), repeats=1)
     assert list(predictor.programs) == [0.25, 1.0] and predictor.macs[0.25] < predictor.macs[1.0]

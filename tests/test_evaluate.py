@@ -19,7 +19,7 @@ from awn_jax.cli import export as export_cli
 from awn_jax.models import LeNet3C1L
 from awn_jax.predict import Predictor
 from awn_jax.widths import REFERENCE_WIDTHS, calibration_widths, num_channels
-from helpers import fake_split, tiny_config, truncate_checkpoints
+from helpers import apply, fake_split, tiny_config, truncate_checkpoints
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
@@ -147,12 +147,12 @@ def test_snet_sweep_uses_the_next_larger_listed_batchnorm(trained_runs):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 28, 28, 1)), jnp.float32)
     # 0.6 is served by 0.75's BatchNorm: overwrite 0.75's statistics and see the output move.
     stats = flax.core.unfreeze(run.variables["batch_stats"])
-    before = run.model.apply(run.variables, x, width=0.6)
+    before = apply(run.model, run.variables, x, width=0.6)
     stats["bn1"]["mean_2"] = stats["bn1"]["mean_2"] + 1.0
-    after = run.model.apply({"params": run.variables["params"], "batch_stats": stats}, x, width=0.6)
-    untouched = run.model.apply({"params": run.variables["params"], "batch_stats": stats}, x, width=0.5)
+    after = apply(run.model, {"params": run.variables["params"], "batch_stats": stats}, x, width=0.6)
+    untouched = apply(run.model, {"params": run.variables["params"], "batch_stats": stats}, x, width=0.5)
     assert not np.allclose(before, after)
-    np.testing.assert_allclose(untouched, run.model.apply(run.variables, x, width=0.5))
+    np.testing.assert_allclose(untouched, apply(run.model, run.variables, x, width=0.5))
 
 
 def test_usnet_calibration_is_a_cumulative_average_per_width(trained_runs):
@@ -179,9 +179,9 @@ def test_usnet_calibration_is_a_cumulative_average_per_width(trained_runs):
     # Evaluation at 0.6 uses 0.75's calibrated statistics (the next larger).
     x = batches[0]
     stats = flax.core.unfreeze(variables["batch_stats"])
-    base = model.apply(variables, x, width=0.6)
+    base = apply(model, variables, x, width=0.6)
     stats["bn2"]["mean_2"] = stats["bn2"]["mean_2"] + 1.0
-    assert not np.allclose(base, model.apply({"params": variables["params"], "batch_stats": stats}, x, width=0.6))
+    assert not np.allclose(base, apply(model, {"params": variables["params"], "batch_stats": stats}, x, width=0.6))
     with pytest.raises(ValueError, match="US-Net's post-training step"):
         calibration.calibrate(LeNet3C1L(variant="awn"), None, None, batches, widths)
 
@@ -210,8 +210,8 @@ def test_a_usnet_run_exports_and_serves_with_its_calibration_and_not_without(tra
     model, variables = evaluation.calibrated(run, 4, workdir, splits[0])  # stored, as a sweep stores it
     images = np.random.default_rng(0).integers(0, 256, (5, *run.info.image_shape)).astype(np.uint8)
     x = data.preprocess(jnp.asarray(images), run.info)
-    served = model.apply(variables, x, width=width)
-    assert np.max(np.abs(served - run.model.apply(run.variables, x, width=width))) > 1e-2  # calibration matters
+    served = apply(model, variables, x, width=width)
+    assert np.max(np.abs(served - apply(run.model, run.variables, x, width=width))) > 1e-2  # calibration matters
 
     out = tmp_path / "exported"
     args = ["export", f"--workdir={workdir}", f"--width={width}", f"--out={out}"]
@@ -221,7 +221,7 @@ def test_a_usnet_run_exports_and_serves_with_its_calibration_and_not_without(tra
     assert not out.exists()
     assert export_cli.run([*args, "--calibration=4"]) == 0
     plain, plain_variables = export.load(str(out))
-    np.testing.assert_allclose(plain.apply(plain_variables, x), served, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(apply(plain, plain_variables, x), served, rtol=1e-5, atol=1e-5)
 
     with pytest.raises(ValueError, match="give --calibration=N"):
         Predictor.from_workdir(workdir, widths=(width,))

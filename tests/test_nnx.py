@@ -10,6 +10,7 @@ from flax.nnx import bridge
 
 from awn_jax.models import LeNet3C1L
 from awn_jax.widths import num_channels
+from helpers import apply
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(8, 28, 28, 1)), jnp.float32)
 LABELS = jnp.arange(8) % 10
@@ -31,18 +32,20 @@ def _linen_variables(module):
 def test_an_nnx_module_runs_at_any_width_with_the_linen_values(pair):
     linen, module = pair
     variables = _linen_variables(module)
+    # Compiled as programs (eagerly, each operation would compile on its own).
     for width in (0.3, 0.5, 1.0):
-        np.testing.assert_allclose(module(X, width=width), linen.apply(variables, X, width=width), rtol=1e-6)
-    narrow = module(X, width=0.3, method="features")
-    wide = module(X, width=0.8, method="features")
+        np.testing.assert_allclose(nnx.jit(lambda m, w=width: m(X, width=w))(module),
+                                   apply(linen, variables, X, width=width), rtol=1e-6)
+    narrow = nnx.jit(lambda m: m(X, width=0.3, method="features"))(module)
+    wide = nnx.jit(lambda m: m(X, width=0.8, method="features"))(module)
     np.testing.assert_allclose(narrow, wide[..., : narrow.shape[-1]], rtol=1e-5, atol=1e-6)  # prefix invariance
 
 
 def test_train_mode_updates_the_nnx_batch_stats_as_linen_does(pair):
     linen, module = pair
     before = _linen_variables(module)
-    _, expected = linen.apply(before, X, width=0.5, train=True, mutable=["batch_stats"])
-    module(X, width=0.5, train=True, mutable=["batch_stats"])
+    _, expected = apply(linen, before, X, width=0.5, train=True, mutable=["batch_stats"])
+    nnx.jit(lambda m: m(X, width=0.5, train=True, mutable=["batch_stats"]))(module)
     after = _linen_variables(module)["batch_stats"]
     for got, want in zip(jax.tree.leaves(after), jax.tree.leaves(expected["batch_stats"])):
         np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -53,7 +56,7 @@ def test_train_mode_updates_the_nnx_batch_stats_as_linen_does(pair):
     # Naming the collection keeps the module's state as it was built (mutable=True would also keep,
     # and append to on every call, what the layers sow: their costs and effective arrays).
     structure = jax.tree.structure(nnx.state(module))
-    module(X, width=0.7, train=True, mutable=["batch_stats"])
+    nnx.jit(lambda m: m(X, width=0.7, train=True, mutable=["batch_stats"]))(module)
     assert jax.tree.structure(nnx.state(module)) == structure
 
 
@@ -75,7 +78,8 @@ def test_an_nnx_training_step_equals_the_linen_gradient_step(pair):
                                 train=True, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, LABELS).mean()
 
-    expected = jax.tree.map(lambda p, g: p - 0.1 * g, variables["params"], jax.grad(linen_loss)(variables["params"]))
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, variables["params"],
+                            jax.jit(jax.grad(linen_loss))(variables["params"]))
     step(module, optimizer)
     got = _linen_variables(module)["params"]
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):

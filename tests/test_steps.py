@@ -12,7 +12,7 @@ import pytest
 from awn_jax import steps
 from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet
 from awn_jax.widths import sandwich_widths
-from helpers import random_variables
+from helpers import apply, random_variables
 
 
 def _setup(model, shape, seed=0):
@@ -88,7 +88,7 @@ def test_one_pass_equals_per_width_passes_in_float64(model, shape, widths):
     with jax.enable_x64(True):
         x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float64)
         labels = jnp.asarray(np.random.default_rng(1).integers(0, 10, shape[0]), jnp.int32)
-        variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), random_variables(model, x))
+        variables = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), random_variables(model, x))
         state = steps.TrainState.create(variables["params"], variables["batch_stats"], optax.sgd(0.1))
         ref_losses, ref_grads, ref_stats = _per_width(model, state, x, labels, widths, False)
         losses, grads, stats = _one_pass(model, state, x, labels, widths, False)
@@ -113,10 +113,10 @@ def test_bn_statistics_follow_the_number_of_passes_each_channel_was_in():
     x, labels, state, tx = _setup(model, (16, 28, 28, 1))
     _, _, stats = _one_pass(model, state, x, labels, (1.0, 0.5), False)
     # Channels 0..21 were in 2 passes, 22..44 in 1: compare to 1 and 2 updates of one pass.
-    _, once = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                          width=1.0, train=True, mutable=["batch_stats"])
-    _, twice = model.apply({"params": state.params, "batch_stats": once["batch_stats"]}, x,
-                           width=1.0, train=True, mutable=["batch_stats"])
+    _, once = apply(model, {"params": state.params, "batch_stats": state.batch_stats}, x,
+                    width=1.0, train=True, mutable=["batch_stats"])
+    _, twice = apply(model, {"params": state.params, "batch_stats": once["batch_stats"]}, x,
+                     width=1.0, train=True, mutable=["batch_stats"])
     got = np.asarray(stats["bn2"]["mean"])
     np.testing.assert_allclose(got[:22], twice["batch_stats"]["bn2"]["mean"][:22], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got[22:], once["batch_stats"]["bn2"]["mean"][22:], rtol=1e-5, atol=1e-7)
@@ -144,7 +144,7 @@ def test_eval_counts_equal_hits_counted_from_plain_forward_passes(variant):
     counts = np.asarray(jax.jit(functools.partial(steps.eval_counts, model=model, widths=widths,
                                                   one_pass=False))(variables, x, labels, mask))
     for row, w in zip(counts, widths):
-        logits = np.asarray(model.apply(variables, x, width=w))[:20]
+        logits = np.asarray(apply(model, variables, x, width=w))[:20]
         top5 = np.argsort(-logits, axis=-1)[:, :5]
         y = np.asarray(labels)[:20]
         assert row.tolist() == [float(np.sum(top5[:, 0] == y)), float(np.sum(np.any(top5 == y[:, None], -1)))]
