@@ -70,7 +70,7 @@ def _bucket(n: int) -> int:
     return max(8, 1 << math.ceil(math.log2(max(n, 1))))
 
 
-def _rows(cache: anytime.Cache, rows: jax.Array) -> anytime.Cache:
+def _rows(cache: anytime.Cache, rows: np.ndarray) -> anytime.Cache:
     return cache.replace(outputs=jax.tree.map(lambda a: a[rows], cache.outputs))
 
 
@@ -96,10 +96,9 @@ class Cascade:
         confidence(np.zeros((1, 2)), rule)  # validates the rule
         self.model, self.variables, self.widths, self.rule = model, variables, widths, rule
         self._run = jax.jit(lambda v, x: anytime.run(model, v, x, widths[0]))
-        # Each stage gathers the cache's rows that go on inside its program (run eagerly, each
-        # layer's gather would compile on its own for every size bucket).
-        self._widen = [jax.jit(lambda v, x, c, rows, w=w: anytime.widen(model, v, x, _rows(c, rows), w))
-                       for w in widths[1:]]
+        self._widen = [jax.jit(lambda v, x, c, w=w: anytime.widen(model, v, x, c, w)) for w in widths[1:]]
+        # One program for the whole cache's gather (eagerly, every layer's would compile on its own).
+        self._rows = jax.jit(_rows)
 
     def __call__(self, images: Any, thresholds: Sequence[float]) -> CascadeResult:
         """Runs ``images`` (normalised NHWC) through the cascade.
@@ -133,7 +132,7 @@ class Cascade:
             # Padded to a power of two (repeating one row): one program per stage and size bucket.
             rows = np.concatenate([keep, np.full(_bucket(len(keep)) - len(keep), keep[0])])
             current = current[rows]
-            logits, cache = widen(self.variables, current, cache, rows)
+            logits, cache = widen(self.variables, current, self._rows(cache, rows))
             final[active] = np.asarray(logits)[: len(active)]
             widths[active] = width
             macs[active] = cache.macs

@@ -213,6 +213,16 @@ def test_exported_lenet_equals_the_any_width_model(variant):
         assert nonzeros == costs.width_cost(model, variables, shape, width).params
 
 
+def test_a_model_whose_fields_hold_lists_exports_as_with_tuples():
+    """Fields typed ``Sequence`` may hold lists, which do not hash: export must not hash the model."""
+    model, shape = LeNet3C1L(variant="snet", bn_widths=(0.25, 0.5, 1.0)), (28, 28, 1)
+    variables = _randomised(model, shape)
+    _, expected = export.export(model, variables, shape, 0.5)
+    _, got = export.export(model.clone(bn_widths=[0.25, 0.5, 1.0]), variables, shape, 0.5)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_exported_mobilenet_v2_equals_the_any_width_model_and_shrinks_on_disk(tmp_path):
     model, shape = SMALL_MBV2
     variables = _randomised(model, shape)
