@@ -23,9 +23,10 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 def apply(model, variables, x, *args, **kwargs):
     """``model.apply(variables, x, *args, **kwargs)`` as one compiled program.
 
-    Run eagerly, a model's apply compiles each operation on its own, once per shape:
-    a LeNet-3C1L export test spent 10 of its 20 s compiling 285 such programs. Arguments
-    after ``x`` are static (widths, flags; a list, e.g. ``mutable``, becomes a tuple).
+    Run eagerly, a model's apply compiles each operation on its own, once per shape (a
+    LeNet-3C1L export test run alone spent about 10 s compiling 285 such programs).
+    Arguments after ``x`` are static (widths, flags; a list, e.g. ``mutable``, becomes a
+    tuple), and so is the model: its fields must hash.
     """
     static = tuple(tuple(a) if isinstance(a, list) else a for a in args)
     named = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
