@@ -70,6 +70,7 @@ def _bucket(n: int) -> int:
     return max(8, 1 << math.ceil(math.log2(max(n, 1))))
 
 
+@jax.jit  # one program for the whole cache (eagerly, every layer's gather would compile on its own)
 def _rows(cache: anytime.Cache, rows: np.ndarray) -> anytime.Cache:
     return cache.replace(outputs=jax.tree.map(lambda a: a[rows], cache.outputs))
 
@@ -97,8 +98,6 @@ class Cascade:
         self.model, self.variables, self.widths, self.rule = model, variables, widths, rule
         self._run = jax.jit(lambda v, x: anytime.run(model, v, x, widths[0]))
         self._widen = [jax.jit(lambda v, x, c, w=w: anytime.widen(model, v, x, c, w)) for w in widths[1:]]
-        # One program for the whole cache's gather (eagerly, every layer's would compile on its own).
-        self._rows = jax.jit(_rows)
 
     def __call__(self, images: Any, thresholds: Sequence[float]) -> CascadeResult:
         """Runs ``images`` (normalised NHWC) through the cascade.
@@ -132,7 +131,7 @@ class Cascade:
             # Padded to a power of two (repeating one row): one program per stage and size bucket.
             rows = np.concatenate([keep, np.full(_bucket(len(keep)) - len(keep), keep[0])])
             current = current[rows]
-            logits, cache = widen(self.variables, current, self._rows(cache, rows))
+            logits, cache = widen(self.variables, current, _rows(cache, rows))
             final[active] = np.asarray(logits)[: len(active)]
             widths[active] = width
             macs[active] = cache.macs

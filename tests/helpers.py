@@ -65,7 +65,7 @@ def random_variables(model, x, seed: int = 0):
             value = rng.uniform(0.5, 1.5, leaf.shape)
         else:
             value = rng.normal(0.0, 0.1, leaf.shape)
-        return jnp.asarray(value.astype(leaf.dtype))  # converted here: on the device, a program per shape
+        return jnp.asarray(value.astype(leaf.dtype))  # on the host: on the device, each shape compiles
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
