@@ -18,6 +18,10 @@ import numpy as np
 from awn_jax import data
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+# A MobileNetV2's inverted-residual settings (t, c, n, s) that compile in seconds, with what
+# matters: expansion 1 and 6, depthwise convs, a stride-2 block and residual blocks (the
+# repeated ones). The CIFAR layout is the same code with more blocks.
+SMALL_MOBILENET_BLOCKS = ((1, 8, 1, 1), (6, 12, 2, 1), (6, 16, 2, 2))
 
 
 def apply(model, variables, x, *args, **kwargs):

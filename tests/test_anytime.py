@@ -9,12 +9,7 @@ import pytest
 from awn_jax import anytime, checkpoints, costs, export, layers, report
 from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet20
 from awn_jax.widths import num_channels
-from helpers import apply, random_variables
-
-# A MobileNetV2 that compiles in seconds, with what matters: expansion, depthwise
-# convs, a stride-2 block and residual blocks (the repeated ones). The CIFAR layout
-# is the same code with more blocks; its MAC identity is checked below.
-SMALL_BLOCKS = ((1, 8, 1, 1), (6, 12, 2, 1), (6, 16, 2, 2))
+from helpers import SMALL_MOBILENET_BLOCKS, apply, random_variables
 
 
 def _randomised(model, shape, seed=0):
@@ -32,7 +27,8 @@ def _close(a, b):
 
 
 LENET = (LeNet3C1L(), (28, 28, 1))
-SMALL_MBV2 = (MobileNetV2(block_settings=SMALL_BLOCKS, last_channels=64), (32, 32, 3))
+# The CIFAR layout's MAC identity is checked below on the whole model.
+SMALL_MBV2 = (MobileNetV2(block_settings=SMALL_MOBILENET_BLOCKS, last_channels=64), (32, 32, 3))
 # ResNet-20 whole (identity and projection shortcuts; stages at 8, 4 and 2 pixels).
 RESNET = (ResNet20(), (8, 8, 3))
 

@@ -38,7 +38,10 @@ def cli(tmp_path_factory):
     raw = root / "raw"
     raw.mkdir()
     write_fake_fmnist(raw, n_train=256, n_test=32)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", AWN_JAX_CACHE_DIR=str(root / "cache"))
+    # PYTHONPATH: a script started by path (below) imports this checkout, installed or not.
+    pythonpath = os.pathsep.join(p for p in (os.path.abspath(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", AWN_JAX_CACHE_DIR=str(root / "cache"),
+               PYTHONPATH=pythonpath)
     common = ["--config=configs/lenet_fmnist.py:smoke", f"--config.data.raw={raw}",
               f"--config.data_dir={root / 'tfds'}", "--config.batch_size=16", "--config.num_epochs=2",
               "--config.data.train_examples=0", "--config.data.test_examples=0", "--config.eval_widths=(1.0,)",

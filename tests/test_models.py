@@ -10,18 +10,26 @@ import pytest
 from awn_jax import costs
 from awn_jax.models import PLAIN, VARIANTS, LeNet3C1L, MobileNetV2, create_model
 from awn_jax.widths import num_channels
-from helpers import random_variables
+from helpers import SMALL_MOBILENET_BLOCKS, apply, random_variables
 
 LENET_X = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
 MBV2_X = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
 # 8x8 images: stages at 8, 4 and 2 pixels, still 8 values per BatchNorm channel in train mode.
 RESNET_X = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype(np.float32)
-INPUTS = {"lenet3c1l": LENET_X, "mobilenet_v2": MBV2_X, "resnet20": RESNET_X}
+INPUTS = {"lenet3c1l": LENET_X, "mobilenet_v2": MBV2_X, "small_mobilenet_v2": MBV2_X, "resnet20": RESNET_X}
+
+
+def _create(name, variant):
+    # small_mobilenet_v2: every kind of block the CIFAR layout has, few of each. Its programs
+    # compile in a few seconds; the whole model's take 10-20 s each on a 2-core CPU.
+    if name == "small_mobilenet_v2":
+        return MobileNetV2(variant=variant, block_settings=SMALL_MOBILENET_BLOCKS, last_channels=64)
+    return create_model(name, variant=variant)
 
 
 @functools.lru_cache(maxsize=None)
 def _model_and_variables(name, variant):
-    model = create_model(name, variant=variant)
+    model = _create(name, variant)
     x = INPUTS[name]
     # Random parameters and running statistics, so no channel is trivial (ResNets zero a scale per
     # block at init) and eval mode tests more than the identity.
@@ -78,10 +86,13 @@ def test_lenet_awn_hidden_maps_are_prefixes_across_widths(w1, w2, train):
     assert _max_prefix_gap("lenet3c1l", "awn", w1, w2, train) < 1e-5
 
 
-@pytest.mark.parametrize("train", [False, True])
-@pytest.mark.parametrize("w1,w2", _width_pairs(1, 1) + [(0.25, 1.0)])  # a random pair and the extremes
-def test_mobilenet_awn_hidden_maps_are_prefixes_across_widths(w1, w2, train):
-    assert _max_prefix_gap("mobilenet_v2", "awn", w1, w2, train) < 1e-4
+# A random pair and the extremes on the small model in both modes, and the whole CIFAR layout once.
+@pytest.mark.parametrize("name,w1,w2,train", [("small_mobilenet_v2", w1, w2, train)
+                                              for w1, w2 in _width_pairs(1, 1) + [(0.25, 1.0)]
+                                              for train in (False, True)]
+                         + [("mobilenet_v2", 0.25, 1.0, False)])
+def test_mobilenet_awn_hidden_maps_are_prefixes_across_widths(name, w1, w2, train):
+    assert _max_prefix_gap(name, "awn", w1, w2, train) < 1e-4
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -92,7 +103,7 @@ def test_resnet_awn_hidden_maps_are_prefixes_across_widths(w1, w2, train):
 
 
 # ResNet-20 in train mode only: its sliced convs alone break the invariance in either mode.
-@pytest.mark.parametrize("name,train", [(name, train) for name in ("lenet3c1l", "mobilenet_v2")
+@pytest.mark.parametrize("name,train", [(name, train) for name in ("lenet3c1l", "small_mobilenet_v2")
                                         for train in (False, True)] + [("resnet20", True)])
 def test_standard_variant_violates_prefix_invariance(name, train):
     assert _max_prefix_gap(name, "standard", 0.5, 1.0, train) > 1e-2
@@ -101,11 +112,11 @@ def test_standard_variant_violates_prefix_invariance(name, train):
 def test_public_api_logits_features_and_batch_stats():
     model = LeNet3C1L(variant="awn")
     x = jnp.asarray(LENET_X)
-    variables = model.init(jax.random.key(0), x, width=1.0, train=False)
-    assert model.apply(variables, x, width=0.5, train=False).shape == (4, 10)
-    feats = model.apply(variables, x, width=0.5, train=False, method=model.features)
+    variables = jax.jit(functools.partial(model.init, width=1.0, train=False))(jax.random.key(0), x)
+    assert apply(model, variables, x, width=0.5, train=False).shape == (4, 10)
+    feats = apply(model, variables, x, width=0.5, train=False, method=model.features)
     assert feats.shape == (4, 4, 4, 22)
-    logits, state = model.apply(variables, x, width=0.5, train=True, mutable=["batch_stats"])
+    logits, state = apply(model, variables, x, width=0.5, train=True, mutable=["batch_stats"])
     assert logits.shape == (4, 10)
     assert jax.tree.map(jnp.shape, state["batch_stats"]) == jax.tree.map(jnp.shape, variables["batch_stats"])
     assert not np.allclose(state["batch_stats"]["bn1"]["mean"][:22], 0.0)
@@ -131,14 +142,14 @@ def _size(name, variant, bn_widths=None):
     return costs.model_size_bytes(variables), costs.count_leaves(variables["params"])
 
 
-@pytest.mark.parametrize("name", ["lenet3c1l", "mobilenet_v2"])
-def test_snet_and_usnet_grow_with_listed_widths_awn_does_not(name):
+@pytest.mark.parametrize("name,run_name", [("lenet3c1l", "lenet3c1l"), ("mobilenet_v2", "small_mobilenet_v2")])
+def test_snet_and_usnet_grow_with_listed_widths_awn_does_not(name, run_name):
     spaced = lambda n: tuple(np.linspace(0.25, 1.0, n))
     snet = [_size(name, "snet", spaced(n))[0] for n in (2, 4, 8)]
     usnet = [_size(name, "usnet", spaced(n))[0] for n in (0, 4, 10, 20)]
     assert snet == sorted(set(snet)) and usnet == sorted(set(usnet))
     # AWN has no per-width storage: its variables are the same after running at any width.
-    model, x, variables = _model_and_variables(name, "awn")
+    model, x, variables = _model_and_variables(run_name, "awn")
     for w in (0.3, 0.77):
         run = jax.jit(lambda v, x, w=w: model.apply(v, x, width=w, train=True, mutable=["batch_stats"]))
         _, state = run(variables, jnp.asarray(x))
