@@ -43,6 +43,7 @@ __all__ = [
     "Split",
     "StreamedSplit",
     "dataset_info",
+    "epoch_examples",
     "default_data_dir",
     "checked_data_dir",
     "get_info",
@@ -188,6 +189,15 @@ def dataset_info(config: Any) -> DatasetInfo:
     if size and size != info.image_shape[0]:
         info = dataclasses.replace(info, image_shape=(size, size, info.image_shape[2]))
     return info
+
+
+def epoch_examples(config: Any) -> int:
+    """Training examples per epoch of a run: ``config.data.train_examples``, at most the split's size (0: all).
+
+    The count :func:`open_data` cuts the training split to, from the config alone.
+    """
+    full = dataset_info(config).train_examples
+    return min(config.data.train_examples, full) if config.data.train_examples else full
 
 
 def default_data_dir() -> str:

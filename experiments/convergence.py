@@ -41,7 +41,7 @@ def _column(key: str) -> str:
 
 def _steps_per_epoch(run_dir: str) -> int:
     config = checkpoints.load_config(run_dir)
-    return data.get_info(config.dataset).train_examples // config.batch_size
+    return data.epoch_examples(config) // config.batch_size
 
 
 def _point(key: str, run_dir: str, step: int, splits) -> dict:

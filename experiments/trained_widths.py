@@ -34,7 +34,7 @@ def table(workdir: str, epochs: Sequence[int]) -> str:
     if config.widths.mode != "fixed":
         raise ValueError(f"{workdir} trains widths.mode={config.widths.mode!r}; this compares the fixed widths"
                          " a run trains with the others: give a widths.mode=fixed run.")
-    steps_per_epoch = (config.data.train_examples or data.dataset_info(config).train_examples) // config.batch_size
+    steps_per_epoch = data.epoch_examples(config) // config.batch_size
     saved = set(checkpoints.saved_steps(workdir))
     trained = {float(w) for w in config.widths.fixed}
     rows = []

@@ -1,6 +1,7 @@
 """Data: raw-file parsing, offline TFDS preparation, device-side preprocessing, errors (batching:
 test_input_pipeline.py)."""
 
+import dataclasses
 import gzip
 import os
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from awn_jax import data
+from awn_jax.config import lenet_config
 from helpers import write_fake_cifar, write_fake_fmnist, write_idx
 
 
@@ -28,6 +30,19 @@ def test_fashion_mnist_idx_files_prepare_offline_and_load_through_tfds(tmp_path)
     assert want == got
     test = data.load_split("fashion_mnist", "test", tfds_dir, str(raw))
     assert len(test) == 12
+
+
+def test_epoch_examples_is_the_size_open_data_cuts_the_training_split_to(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_fake_fmnist(raw)  # 40 training images: the split's size as this dataset's info
+    monkeypatch.setitem(data.DATASETS, "fashion_mnist",
+                        dataclasses.replace(data.DATASETS["fashion_mnist"], train_examples=40))
+    config = lenet_config("fashion_mnist")
+    config.data.raw, config.data_dir = str(raw), str(tmp_path / "tfds")
+    for limit, expected in ((0, 40), (25, 25), (40, 40), (100, 40)):
+        config.data.train_examples = limit
+        assert data.epoch_examples(config) == len(data.open_data(config)[0]) == expected
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
