@@ -192,9 +192,12 @@ def dataset_info(config: Any) -> DatasetInfo:
 
 
 def epoch_examples(config: Any) -> int:
-    """Training examples per epoch of a run: ``config.data.train_examples``, at most the split's size (0: all).
+    """Training examples per epoch of a run, from its config alone (no data is read).
 
-    The count :func:`open_data` cuts the training split to, from the config alone.
+    ``config.data.train_examples``, at most the dataset's :attr:`DatasetInfo.train_examples`
+    (0: all of them): what :func:`open_data` cuts the training split to when the split
+    holds the dataset's full size. A generated split may hold fewer; training counts
+    ``len(open_data(config)[0])``.
     """
     full = dataset_info(config).train_examples
     return min(config.data.train_examples, full) if config.data.train_examples else full

@@ -88,7 +88,7 @@ def is_done(run: RunSpec, run_dir: str) -> bool:
 
 def command(run: RunSpec, run_dir: str, epochs: int, checkpoints: int) -> list[str]:
     """The CLI command of a run; ``checkpoints`` evenly spaced checkpoints are kept."""
-    steps_per_epoch = data.get_info(_BASE.dataset).train_examples // _BASE.batch_size
+    steps_per_epoch = data.epoch_examples(_BASE) // _BASE.batch_size
     every = max(1, epochs * steps_per_epoch // checkpoints)
     args = [sys.executable, "-m", "awn_jax.main", f"--config={CONFIG}", f"--workdir={run_dir}",
             f"--config.num_epochs={epochs}", f"--config.seed={run.seed}",

@@ -16,12 +16,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from awn_jax import data
+from awn_jax.models import MobileNetV2
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
-# A MobileNetV2's inverted-residual settings (t, c, n, s) that compile in seconds, with what
-# matters: expansion 1 and 6, depthwise convs, a stride-2 block and residual blocks (the
-# repeated ones). The CIFAR layout is the same code with more blocks.
-SMALL_MOBILENET_BLOCKS = ((1, 8, 1, 1), (6, 12, 2, 1), (6, 16, 2, 2))
+CHECKOUT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+# A MobileNetV2 whose programs compile in seconds, with what matters: expansion 1 and 6,
+# depthwise convs, a stride-2 block and residual blocks (the repeated ones). The CIFAR
+# layout is the same code with more blocks.
+SMALL_MOBILENET = MobileNetV2(block_settings=((1, 8, 1, 1), (6, 12, 2, 1), (6, 16, 2, 2)), last_channels=64)
+
+
+def checkout_env(**variables: str) -> dict[str, str]:
+    """This process's environment and ``variables``, with this checkout first on ``PYTHONPATH``.
+
+    A subprocess then imports this checkout's awn_jax whether or not it is installed: a
+    script started by path or with ``-c`` elsewhere does not have the checkout on ``sys.path``.
+    """
+    path = os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, **variables, "PYTHONPATH": path}
 
 
 def apply(model, variables, x, *args, **kwargs):

@@ -9,7 +9,7 @@ import pytest
 from awn_jax import anytime, checkpoints, costs, export, layers, report
 from awn_jax.models import LeNet3C1L, MobileNetV2, ResNet20
 from awn_jax.widths import num_channels
-from helpers import SMALL_MOBILENET_BLOCKS, apply, random_variables
+from helpers import SMALL_MOBILENET, apply, random_variables
 
 
 def _randomised(model, shape, seed=0):
@@ -28,7 +28,7 @@ def _close(a, b):
 
 LENET = (LeNet3C1L(), (28, 28, 1))
 # The CIFAR layout's MAC identity is checked below on the whole model.
-SMALL_MBV2 = (MobileNetV2(block_settings=SMALL_MOBILENET_BLOCKS, last_channels=64), (32, 32, 3))
+SMALL_MBV2 = (SMALL_MOBILENET, (32, 32, 3))
 # ResNet-20 whole (identity and projection shortcuts; stages at 8, 4 and 2 pixels).
 RESNET = (ResNet20(), (8, 8, 3))
 

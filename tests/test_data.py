@@ -32,14 +32,15 @@ def test_fashion_mnist_idx_files_prepare_offline_and_load_through_tfds(tmp_path)
     assert len(test) == 12
 
 
-def test_epoch_examples_is_the_size_open_data_cuts_the_training_split_to(tmp_path, monkeypatch):
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "streamed"])
+def test_epoch_examples_is_the_size_open_data_cuts_the_training_split_to(tmp_path, monkeypatch, in_memory):
     raw = tmp_path / "raw"
     raw.mkdir()
-    write_fake_fmnist(raw)  # 40 training images: the split's size as this dataset's info
+    write_fake_fmnist(raw)  # 40 training images: the dataset's full size here
     monkeypatch.setitem(data.DATASETS, "fashion_mnist",
                         dataclasses.replace(data.DATASETS["fashion_mnist"], train_examples=40))
     config = lenet_config("fashion_mnist")
-    config.data.raw, config.data_dir = str(raw), str(tmp_path / "tfds")
+    config.data.raw, config.data_dir, config.data.in_memory = str(raw), str(tmp_path / "tfds"), in_memory
     for limit, expected in ((0, 40), (25, 25), (40, 40), (100, 40)):
         config.data.train_examples = limit
         assert data.epoch_examples(config) == len(data.open_data(config)[0]) == expected

@@ -24,7 +24,7 @@ import pytest
 from awn_jax import checkpoints, data, io, optim, sharding, steps, train
 from awn_jax.models import from_config
 from awn_jax.config import validate
-from helpers import fake_split, tiny_config, write_fake_fmnist
+from helpers import checkout_env, fake_split, tiny_config, write_fake_fmnist
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 ITERATIONS = int(os.environ.get("AWN_KILL_LOOP_ITERATIONS", "2"))
@@ -38,10 +38,8 @@ def cli(tmp_path_factory):
     raw = root / "raw"
     raw.mkdir()
     write_fake_fmnist(raw, n_train=256, n_test=32)
-    # PYTHONPATH: a script started by path (below) imports this checkout, installed or not.
-    pythonpath = os.pathsep.join(p for p in (os.path.abspath(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", AWN_JAX_CACHE_DIR=str(root / "cache"),
-               PYTHONPATH=pythonpath)
+    # checkout_env: a script started by path (below) imports this checkout, installed or not.
+    env = checkout_env(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", AWN_JAX_CACHE_DIR=str(root / "cache"))
     common = ["--config=configs/lenet_fmnist.py:smoke", f"--config.data.raw={raw}",
               f"--config.data_dir={root / 'tfds'}", "--config.batch_size=16", "--config.num_epochs=2",
               "--config.data.train_examples=0", "--config.data.test_examples=0", "--config.eval_widths=(1.0,)",

@@ -11,8 +11,7 @@ import sys
 import pytest
 
 from awn_jax import io
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import checkout_env
 
 # Takes the lock, says so, then waits to be killed.
 HOLD = """
@@ -37,8 +36,7 @@ except io.WorkdirBusyError as err:
 
 
 def _python(code: str, *args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=checkout_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 

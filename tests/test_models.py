@@ -10,7 +10,7 @@ import pytest
 from awn_jax import costs
 from awn_jax.models import PLAIN, VARIANTS, LeNet3C1L, MobileNetV2, create_model
 from awn_jax.widths import num_channels
-from helpers import SMALL_MOBILENET_BLOCKS, apply, random_variables
+from helpers import SMALL_MOBILENET, apply, random_variables
 
 LENET_X = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
 MBV2_X = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
@@ -23,7 +23,7 @@ def _create(name, variant):
     # small_mobilenet_v2: every kind of block the CIFAR layout has, few of each. Its programs
     # compile in a few seconds; the whole model's take 10-20 s each on a 2-core CPU.
     if name == "small_mobilenet_v2":
-        return MobileNetV2(variant=variant, block_settings=SMALL_MOBILENET_BLOCKS, last_channels=64)
+        return SMALL_MOBILENET.clone(variant=variant)
     return create_model(name, variant=variant)
 
 
@@ -142,6 +142,7 @@ def _size(name, variant, bn_widths=None):
     return costs.model_size_bytes(variables), costs.count_leaves(variables["params"])
 
 
+# The sizes are the whole model's (shapes only, cheap); the runs at two widths are the small one's.
 @pytest.mark.parametrize("name,run_name", [("lenet3c1l", "lenet3c1l"), ("mobilenet_v2", "small_mobilenet_v2")])
 def test_snet_and_usnet_grow_with_listed_widths_awn_does_not(name, run_name):
     spaced = lambda n: tuple(np.linspace(0.25, 1.0, n))
