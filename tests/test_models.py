@@ -222,6 +222,41 @@ def _cifar_resnet_count(blocks, base, width, triangular, hw=32, in_channels=3, c
     return params, macs
 
 
+_TRACED_WIDTHS = []
+
+
+class _CountingLeNet(LeNet3C1L):
+    """LeNet-3C1L that notes the width of every trace of its ``__call__``."""
+
+    def __call__(self, x, width=1.0, train=False):
+        _TRACED_WIDTHS.append(width)
+        return super().__call__(x, width=width, train=train)
+
+
+def test_width_costs_trace_a_model_once_per_width_and_variable_shapes():
+    shape = (28, 28, 1)
+    models = {"awn": _CountingLeNet(), "standard": _CountingLeNet(variant="standard"),
+              "wide": _CountingLeNet(width_multiplier=2.0), "snet": _CountingLeNet(variant="snet", bn_widths=(0.25, 1.0))}
+    shapes = {k: jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, *shape))) for k, m in models.items()}
+    variables = random_variables(models["awn"], jnp.zeros((1, *shape)))
+    del _TRACED_WIDTHS[:]
+    first = costs.width_costs(models["awn"], variables, shape, (0.3, 0.8))
+    assert _TRACED_WIDTHS == [0.3, 0.8]
+    assert first == costs.width_costs(LeNet3C1L(), variables, shape, (0.3, 0.8))  # the same model's costs
+    # An equal model, and shapes in place of arrays: nothing is traced again.
+    assert costs.width_costs(_CountingLeNet(), shapes["awn"], shape, (0.8, 0.3)) == first[::-1]
+    assert _TRACED_WIDTHS == [0.3, 0.8]
+    # Another model, or other variable shapes, are traced.
+    assert costs.width_cost(models["standard"], shapes["standard"], shape, 0.3).macs < first[0].macs
+    assert costs.width_cost(models["wide"], shapes["wide"], shape, 0.3).macs > first[0].macs
+    assert _TRACED_WIDTHS == [0.3, 0.8, 0.3, 0.3]
+    # A model that does not hash (a field holding a list) is traced on every call, to the same costs.
+    listed = models["snet"].clone(bn_widths=[0.25, 1.0])
+    assert [costs.width_cost(listed, shapes["snet"], shape, 0.5) for _ in range(2)] == [
+        costs.width_cost(models["snet"], shapes["snet"], shape, 0.5)] * 2
+    assert _TRACED_WIDTHS[4:] == [0.5, 0.5, 0.5]
+
+
 def test_resnet_costs_match_a_hand_count():
     for variant in ("standard", "awn"):
         model = create_model("resnet20", variant=variant)
