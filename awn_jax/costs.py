@@ -69,40 +69,21 @@ def width_cost(
     """Active parameters and MACs per example of ``model`` at ``width``.
 
     The model is traced once per model, variable shapes, input shape and width in a
-    process, and later calls reuse the result. A sweep of every width traces MobileNetV2
-    82 times, 0.4-1 s each on a 2-core CPU. Sweeping each kept checkpoint of a run
-    (``experiments/convergence.py``) then traces it once. A model that does not hash
-    (a field holding a list, say) is traced on every call.
+    process, and later calls reuse the counts. A sweep of every width traces MobileNetV2
+    at 82 widths, 0.4-1 s each on a 2-core CPU; sweeping each kept checkpoint of a run
+    (``experiments/convergence.py``) then traces each width once. A model that does not
+    hash (a field holding a list, say) is traced on every call.
 
     Args:
       model: an any-width model.
-      variables: its variables (only shapes are read).
+      variables: its variables (only shapes and dtypes are read).
       input_shape: one example's shape, e.g. ``(28, 28, 1)``.
       width: the width factor.
+
+    Returns:
+      The width's costs per example.
     """
-    leaves, treedef = jax.tree.flatten(variables)
-    key = (model, treedef, tuple((tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in leaves),
-           tuple(input_shape), width)
-    try:
-        hash(key)
-    except TypeError:
-        return _traced_cost.__wrapped__(*key)
-    return _traced_cost(*key)
-
-
-@functools.lru_cache(maxsize=4096)
-def _traced_cost(model: nn.Module, treedef: Any, leaves: tuple, input_shape: tuple, width: float) -> WidthCost:
-    recorded = {}
-
-    def run(v):
-        _, state = model.apply(
-            v, jnp.zeros((1, *input_shape), jnp.float32), width=width, mutable=["costs"]
-        )
-        # The recorded counts are Python ints: keep them out of the traced outputs.
-        recorded.update(state["costs"])
-
-    jax.eval_shape(run, jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*leaf) for leaf in leaves]))
-    return WidthCost(width, *(sum_recorded(recorded, name) for name in ("params", "macs", "computed_macs")))
+    return _cost(model, _structure(variables), input_shape, width)
 
 
 def width_costs(
@@ -112,7 +93,42 @@ def width_costs(
     widths: Sequence[float],
 ) -> list[WidthCost]:
     """:func:`width_cost` at each of ``widths``."""
-    return [width_cost(model, variables, input_shape, w) for w in widths]
+    structure = _structure(variables)  # once: every width's cache entry shares it
+    return [_cost(model, structure, input_shape, w) for w in widths]
+
+
+def _structure(variables: Any) -> tuple[Any, tuple]:
+    """What a cost depends on of the variables: their tree and each leaf's shape and dtype."""
+    leaves, treedef = jax.tree.flatten(variables)
+    return treedef, tuple((np.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+
+
+def _cost(model: nn.Module, structure: tuple, input_shape: Sequence[int], width: float) -> WidthCost:
+    # Each value with its type: True, 1 and 1.0 hash and compare alike, and only some are widths.
+    key = (model, structure, tuple((type(d), d) for d in input_shape), (type(width), width))
+    try:
+        hash(key)
+    except TypeError:  # a model field holding a list, a list for a width: traced, not kept
+        counts = _traced_counts.__wrapped__(*key)
+    else:
+        counts = _traced_counts(*key)
+    return WidthCost(width, *counts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _traced_counts(model: nn.Module, structure: tuple, typed_shape: tuple, typed_width: tuple) -> tuple[int, ...]:
+    """Parameters, MACs and computed MACs from an abstract trace (``_cost``'s key)."""
+    (treedef, leaves), (_, width) = structure, typed_width
+    recorded = {}
+
+    def run(v):
+        x = jnp.zeros((1, *(d for _, d in typed_shape)), jnp.float32)
+        _, state = model.apply(v, x, width=width, mutable=["costs"])
+        # The recorded counts are Python ints: keep them out of the traced outputs.
+        recorded.update(state["costs"])
+
+    jax.eval_shape(run, jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*leaf) for leaf in leaves]))
+    return tuple(sum_recorded(recorded, name) for name in ("params", "macs", "computed_macs"))
 
 
 def width_for_budget(costs: Mapping[float, float], budget: float, unit: str = "") -> float:

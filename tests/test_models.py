@@ -222,39 +222,42 @@ def _cifar_resnet_count(blocks, base, width, triangular, hw=32, in_channels=3, c
     return params, macs
 
 
-_TRACED_WIDTHS = []
-
-
-class _CountingLeNet(LeNet3C1L):
-    """LeNet-3C1L that notes the width of every trace of its ``__call__``."""
-
-    def __call__(self, x, width=1.0, train=False):
-        _TRACED_WIDTHS.append(width)
-        return super().__call__(x, width=width, train=train)
-
-
 def test_width_costs_trace_a_model_once_per_width_and_variable_shapes():
+    traced = []
+
+    class CountingLeNet(LeNet3C1L):  # a class of this call's own: no earlier run's costs are kept for it
+        def __call__(self, x, width=1.0, train=False):
+            traced.append(width)
+            return super().__call__(x, width=width, train=train)
+
     shape = (28, 28, 1)
-    models = {"awn": _CountingLeNet(), "standard": _CountingLeNet(variant="standard"),
-              "wide": _CountingLeNet(width_multiplier=2.0), "snet": _CountingLeNet(variant="snet", bn_widths=(0.25, 1.0))}
+    models = {"awn": CountingLeNet(), "standard": CountingLeNet(variant="standard"),
+              "snet": CountingLeNet(variant="snet", bn_widths=(0.25, 1.0))}
     shapes = {k: jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, *shape))) for k, m in models.items()}
     variables = random_variables(models["awn"], jnp.zeros((1, *shape)))
-    del _TRACED_WIDTHS[:]
+    del traced[:]
     first = costs.width_costs(models["awn"], variables, shape, (0.3, 0.8))
-    assert _TRACED_WIDTHS == [0.3, 0.8]
+    assert traced == [0.3, 0.8]
     assert first == costs.width_costs(LeNet3C1L(), variables, shape, (0.3, 0.8))  # the same model's costs
     # An equal model, and shapes in place of arrays: nothing is traced again.
-    assert costs.width_costs(_CountingLeNet(), shapes["awn"], shape, (0.8, 0.3)) == first[::-1]
-    assert _TRACED_WIDTHS == [0.3, 0.8]
-    # Another model, or other variable shapes, are traced.
+    assert costs.width_costs(CountingLeNet(), shapes["awn"], [28, 28, 1], (0.8, 0.3)) == first[::-1]
+    assert traced == [0.3, 0.8]
+    # Another model, or the same one's variables in another dtype, are traced.
     assert costs.width_cost(models["standard"], shapes["standard"], shape, 0.3).macs < first[0].macs
-    assert costs.width_cost(models["wide"], shapes["wide"], shape, 0.3).macs > first[0].macs
-    assert _TRACED_WIDTHS == [0.3, 0.8, 0.3, 0.3]
+    bf16 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16), shapes["awn"])
+    assert costs.width_cost(models["awn"], bf16, shape, 0.3) == first[0]
+    assert traced == [0.3, 0.8, 0.3, 0.3]
+    # A width equal to a kept one is still checked, and the costs carry the caller's width.
+    costs.width_costs(models["awn"], variables, shape, (1.0, 0.5))
+    with pytest.raises(ValueError, match="width must be"):
+        costs.width_cost(models["awn"], variables, shape, True)  # True == 1 == 1.0
+    assert type(costs.width_cost(models["awn"], variables, shape, np.float32(0.5)).width) is np.float32
     # A model that does not hash (a field holding a list) is traced on every call, to the same costs.
+    del traced[:]
     listed = models["snet"].clone(bn_widths=[0.25, 1.0])
     assert [costs.width_cost(listed, shapes["snet"], shape, 0.5) for _ in range(2)] == [
         costs.width_cost(models["snet"], shapes["snet"], shape, 0.5)] * 2
-    assert _TRACED_WIDTHS[4:] == [0.5, 0.5, 0.5]
+    assert traced == [0.5, 0.5, 0.5]
 
 
 def test_resnet_costs_match_a_hand_count():
