@@ -1,5 +1,6 @@
 """Any-width layers against slow NumPy references, and BatchNorm width rules."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,6 +170,43 @@ def test_layer_input_errors_name_the_problem():
     v = stem.init(jax.random.key(0), jnp.ones((1, 5, 5, 3)), 1.0)
     with pytest.raises(ValueError, match="shape \\(3, 3, 1, 8\\), but the variables hold shape \\(3, 3, 3, 8\\)"):
         stem.apply(v, jnp.ones((1, 5, 5, 1)), 1.0)
+
+
+def test_apply_reads_stored_parameters_without_running_their_inits_and_unboxes_partitioned_ones():
+    """At apply the layers read each stored parameter and check its shape themselves.
+
+    Flax's ``module.param`` traces the parameter's init on every apply to check the shape,
+    an ``eval_shape`` per parameter. Parameters stored with partitioning metadata are read
+    unboxed, as ``module.param`` gives them.
+    """
+    calls = []
+
+    def counted(init):
+        def init_fn(key, shape, dtype=jnp.float32):
+            calls.append(tuple(shape))
+            return init(key, shape, dtype)
+        return init_fn
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 4)), jnp.float32)
+    partitioned = nn.with_partitioning(counted(layers.conv_kernel_init), (None, None, None, "model"))
+    # (module, width at init, width at apply, its input there, keyword arguments)
+    cases = [(layers.TriangularConv(6, in_features=4, kernel_init=counted(layers.conv_kernel_init),
+                                    bias_init=counted(nn.initializers.zeros)), 1.0, 0.5, x[..., :2], {}),
+             (layers.TriangularConv(6, in_features=4, kernel_init=partitioned), 1.0, 0.5, x[..., :2], {}),
+             (layers.DepthwiseConv(4, kernel_init=counted(layers.conv_kernel_init)), None, None, x[..., :3], {}),
+             (layers.PrefixBatchNorm(4, scale_init=counted(nn.initializers.ones)), 1.0, 0.5, x[..., :2],
+              {"train": False})]
+    for module, init_width, width, narrow, kwargs in cases:
+        del calls[:]
+        variables = module.init(jax.random.key(0), x, init_width, **kwargs)
+        assert calls, module  # at init, the init runs
+        del calls[:]
+        out = jax.jit(lambda v, x: module.apply(v, x, width, **kwargs))(variables, narrow)
+        assert calls == [], module  # at apply, it neither runs nor is traced
+        boxed = [leaf for leaf in jax.tree.leaves(variables, is_leaf=lambda a: isinstance(a, nn.Partitioned))
+                 if isinstance(leaf, nn.Partitioned)]
+        assert len(boxed) == (getattr(module, "kernel_init", None) is partitioned)
+        np.testing.assert_array_equal(out, module.apply(nn.meta.unbox(variables), narrow, width, **kwargs))
 
 
 def _perturbed(module, x, *args):
