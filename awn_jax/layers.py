@@ -30,7 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import meta
 from jax import lax
 
 from awn_jax import masks
@@ -97,10 +96,16 @@ def _bias(module: nn.Module, kernel_shape: Sequence[int]) -> Array:
 
 
 def _checked_param(module: nn.Module, name: str, init: Initializer, shape: tuple, dtype) -> Array:
-    """``module.param`` with a clear error when stored and needed shapes differ."""
+    """A layer's parameter: the stored one, unboxed, if its shape is ``shape``; else created.
+
+    A missing parameter is created by ``module.param(name, init, shape, dtype)`` (at init).
+
+    Raises:
+      ValueError: the stored parameter has another shape; the message names the fix.
+    """
     if module.has_variable("params", name):
-        stored = meta.unbox(module.get_variable("params", name))  # as module.param gives it
-        have = tuple(stored.shape)
+        stored = nn.meta.unbox(module.get_variable("params", name))  # as module.param gives it
+        have = tuple(np.shape(stored))
         if have != tuple(shape):
             raise ValueError(
                 f"{type(module).__name__} '{module.name}': this input needs a {name!r} of"

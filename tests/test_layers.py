@@ -201,12 +201,13 @@ def test_apply_reads_stored_parameters_without_running_their_inits_and_unboxes_p
         variables = module.init(jax.random.key(0), x, init_width, **kwargs)
         assert calls, module  # at init, the init runs
         del calls[:]
-        out = jax.jit(lambda v, x: module.apply(v, x, width, **kwargs))(variables, narrow)
+        run = jax.jit(lambda v, x: module.apply(v, x, width, **kwargs))
+        out = run(variables, narrow)
         assert calls == [], module  # at apply, it neither runs nor is traced
         boxed = [leaf for leaf in jax.tree.leaves(variables, is_leaf=lambda a: isinstance(a, nn.Partitioned))
                  if isinstance(leaf, nn.Partitioned)]
         assert len(boxed) == (getattr(module, "kernel_init", None) is partitioned)
-        np.testing.assert_array_equal(out, module.apply(nn.meta.unbox(variables), narrow, width, **kwargs))
+        np.testing.assert_array_equal(out, run(nn.meta.unbox(variables), narrow))
 
 
 def _perturbed(module, x, *args):
