@@ -16,15 +16,14 @@ import sys
 import pytest
 
 from awn_jax import sweep, train
-from helpers import apply, fake_split, tiny_config, write_fake_fmnist
+from helpers import CHECKOUT, apply, fake_split, tiny_config, write_fake_fmnist
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 BOUND_S = 120
 
 
 def _run(module, *args, env=None):
     """``python -m module args``; a run past BOUND_S raises (subprocess.TimeoutExpired)."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=CHECKOUT, capture_output=True,
                           text=True, timeout=BOUND_S, env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})))
 
 

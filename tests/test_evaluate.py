@@ -19,9 +19,8 @@ from awn_jax.cli import export as export_cli
 from awn_jax.models import LeNet3C1L
 from awn_jax.predict import Predictor
 from awn_jax.widths import REFERENCE_WIDTHS, calibration_widths, num_channels
-from helpers import apply, fake_split, tiny_config, truncate_checkpoints
+from helpers import CHECKOUT, apply, fake_split, tiny_config, truncate_checkpoints
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_auc_trapezoid_normalises_by_the_width_range():
@@ -273,7 +272,7 @@ def test_bad_workdirs_give_one_clear_error_and_write_nothing(trained_runs, tmp_p
 
 
 def test_cli_error_is_one_line(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "awn_jax.evaluate", f"--workdir={tmp_path}"], cwd=REPO,
+    run = subprocess.run([sys.executable, "-m", "awn_jax.evaluate", f"--workdir={tmp_path}"], cwd=CHECKOUT,
                          capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert run.returncode == 2 and run.stderr.strip().startswith("error:") and "Traceback" not in run.stderr
 

@@ -24,9 +24,8 @@ import pytest
 from awn_jax import checkpoints, data, io, optim, sharding, steps, train
 from awn_jax.models import from_config
 from awn_jax.config import validate
-from helpers import checkout_env, fake_split, tiny_config, write_fake_fmnist
+from helpers import CHECKOUT, checkout_env, fake_split, tiny_config, write_fake_fmnist
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 ITERATIONS = int(os.environ.get("AWN_KILL_LOOP_ITERATIONS", "2"))
 STREAMED = ("--config.data.in_memory=False", "--config.data.threads=2")
 
@@ -47,7 +46,7 @@ def cli(tmp_path_factory):
 
     def start(workdir, *extra, program=("-m", "awn_jax.main"), **more_env):
         return subprocess.Popen([sys.executable, *program, *common, f"--workdir={workdir}", *extra],
-                                cwd=REPO, env={**env, **more_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                cwd=CHECKOUT, env={**env, **more_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
 
     return start

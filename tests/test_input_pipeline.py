@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 
 from awn_jax import data, images, imagenet, input_pipeline
-from helpers import write_fake_fmnist
+from helpers import CHECKOUT, write_fake_fmnist
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -237,7 +236,7 @@ def test_the_imagenet_smoke_config_trains_through_the_main_command(synthetic_ima
          f"--config.data_dir={synthetic_imagenet}", f"--workdir={tmp_path / 'run'}", "--config.data.image_size=32",
          "--config.data.workers=1", "--config.sweep.after_training=False", "--config.eval_widths=(1.0,)",
          "--config.model=lenet3c1l"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert "lenet3c1l/awn on imagenet2012: 1 steps (1 epochs x 1)" in run.stdout
     final = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")][-1]

@@ -25,10 +25,9 @@ import pytest
 from awn_jax import checkpoints, data, evaluation, io, multihost, sweep as sweep_lib
 from awn_jax.config import lenet_config
 from awn_jax.cli import train as train_cli
-from helpers import write_fake_fmnist
+from helpers import CHECKOUT, write_fake_fmnist
 
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 STEPS = 18  # 48 examples / batch 8 x 3 epochs
 BOUND_S = 60  # a dead process must be noticed within this
 
@@ -66,7 +65,7 @@ def _start(files, module, args, processes=1, devices=1):
         return [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}", f"--process_id={i}",
                 "--distributed_timeout=60"] if processes > 1 else []
 
-    return [subprocess.Popen([sys.executable, "-m", module, *args, *launch(i)], cwd=REPO,
+    return [subprocess.Popen([sys.executable, "-m", module, *args, *launch(i)], cwd=CHECKOUT,
                              env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(processes)]
 

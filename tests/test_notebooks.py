@@ -5,7 +5,7 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-from helpers import write_fake_cifar, write_fake_fmnist
+from helpers import CHECKOUT, write_fake_cifar, write_fake_fmnist
 
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "experiments", "notebooks")
 
@@ -17,7 +17,7 @@ def _execute(name: str, overrides: dict, cwd: str, monkeypatch) -> nbformat.Note
     source = "\n".join(f"{k} = {v!r}" for k, v in overrides.items())
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
     # The kernel imports this checkout's awn_jax.
-    monkeypatch.setenv("PYTHONPATH", os.path.abspath(os.path.join(NOTEBOOKS, "..", "..")), prepend=os.pathsep)
+    monkeypatch.setenv("PYTHONPATH", CHECKOUT, prepend=os.pathsep)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": cwd}}).execute()
     return nb
 

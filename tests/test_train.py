@@ -13,9 +13,8 @@ import pytest
 from awn_jax import checkpoints, config as config_lib, data, optim, sharding, train
 from awn_jax.models import from_config
 from awn_jax.widths import step_widths
-from helpers import fake_split, load_config, tiny_config
+from helpers import CHECKOUT, fake_split, load_config, tiny_config
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 # The MobileNetV2 and ResNet configs are built, not trained, below: tests/test_notebooks.py trains
 # mbv2_cifar10's config (mobilenet_config("cifar10")) through train_and_evaluate on CPU, and
 # mbv2_cifar100 differs from it only in its data; the ResNets' steps are tested in tests/test_steps.py.
@@ -178,7 +177,7 @@ def test_snet_lists_the_widths_it_trains_unless_told_otherwise_and_trains_only_l
 
 def _main(*args, env_extra=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "awn_jax.main", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "awn_jax.main", *args], cwd=CHECKOUT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
