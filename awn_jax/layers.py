@@ -24,6 +24,7 @@ follow the :class:`Widenable` protocol that ``awn_jax.anytime`` uses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import flax.linen as nn
@@ -38,6 +39,7 @@ from awn_jax.widths import SNET_WIDTHS, num_channels, sorted_unique, validate_wi
 
 __all__ = [
     "Widenable",
+    "CostRule",
     "SlicedConv",
     "TriangularConv",
     "SlicedDense",
@@ -123,6 +125,80 @@ def _checked_param(module: nn.Module, name: str, init: Initializer, shape: tuple
 def _record(module: nn.Module, collection: str, name: str, value: Any) -> None:
     if not module.is_initializing():
         module.sow(collection, name, value)
+
+
+# Static: a rule is no array, and a traced apply with ``mutable=True`` returns it as it is.
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class CostRule:
+    """How one layer call's costs follow the width (``awn_jax.costs`` reads it).
+
+    Each active channel count that a call's costs depend on is the same at every
+    width, or ``num_channels(width, full)`` (the layer checks it), or the input's:
+    then how it follows the width is read from the width the model ran at. One
+    trace at one width thus gives the call's costs at every width.
+
+    Attributes:
+      width: the width the layer ran at (``None``: called without one).
+      counts: the call's ``(params, macs, computed_macs)`` as traced.
+      channels: per count, ``(active, full, sliced)``: ``sliced`` True for
+        ``num_channels(width, full)``, False for ``full`` at every width, None for
+        the input's count.
+      count: ``(params, macs, computed_macs)`` of the active channel counts.
+    """
+
+    width: float | None
+    counts: tuple[int, int, int]
+    channels: tuple[tuple[int, int, bool | None], ...]
+    count: Callable[..., tuple[int, int, int]]
+
+    def at(self, width: float, traced: float) -> tuple[int, int, int] | None:
+        """The call's ``(params, macs, computed_macs)`` at ``width``.
+
+        Args:
+          width: the width to count at; at least ``traced``.
+          traced: the width the model ran at when the layer recorded this rule.
+
+        Returns:
+          The counts, or None if the width does not determine them: the layer ran at
+          another width than the model, or an input's count was neither the traced
+          width's count nor the full one.
+        """
+        if self.width not in (None, traced):
+            return None
+        active = []
+        for count, full, sliced in self.channels:
+            if sliced is None:  # at ``traced``, the input's count was the width's or the full one
+                sliced = True if count == num_channels(traced, full) else False if count == full else None
+                if sliced is None:
+                    return None
+            # Where the width's count is the full one at ``traced``, both agree at every wider width.
+            active.append(num_channels(width, full) if sliced else full)
+        return self.count(*active)
+
+
+def _input_slicing(fixed: bool, width: float | None) -> bool | None:
+    """How a layer's input count follows the width: fixed, sliced (the layer checks the
+    width's count) or, called without a width, the input's."""
+    return False if fixed else (True if width is not None else None)
+
+
+def _record_costs(module: nn.Module, width: float | None, count: Callable[..., tuple[int, int, int]],
+                  *channels: tuple[int, int, bool | None]) -> None:
+    """Records a call's ``costs`` and its :class:`CostRule` (``cost_rules``).
+
+    Args:
+      module: the layer.
+      width: the width it runs at.
+      count: ``(params, macs, computed_macs)`` of the active channel counts.
+      *channels: per count, :attr:`CostRule.channels`' ``(active, full, sliced)``.
+    """
+    if module.is_initializing():
+        return
+    counts = count(*(active for active, _, _ in channels))
+    for name, value in zip(("params", "macs", "computed_macs"), counts):
+        module.sow("costs", name, value)
+    module.sow("cost_rules", "rules", CostRule(width, counts, tuple(channels), count))
 
 
 class Widenable(Protocol):
@@ -242,24 +318,20 @@ class _WidthLinear(nn.Module):
         full_in, c_in, c_out = self._active_counts(x, width)
         full_shape = (*lead_shape, full_in, self.features)
         kernel = _checked_param(self, "kernel", self.kernel_init, full_shape, self.param_dtype)
-        rows, cols = slice(0, c_in), slice(0, c_out)
-        if first_new is not None:
-            rows, cols = (slice(first_new, c_in), cols) if self.fixed_output else (rows, slice(first_new, c_out))
+        rows, cols = _kernel_slices(c_in, c_out, first_new, self.fixed_output)
         kernel = kernel[..., rows, cols]
-        receptive = int(np.prod(lead_shape, dtype=np.int64))
         if self._is_masked:
-            mask = masks.triangular_mask(full_in, self.features)[rows, cols]
-            kernel = kernel * jnp.asarray(mask, kernel.dtype)
-            weights = receptive * int(mask.sum())
-        else:
-            weights = receptive * (rows.stop - rows.start) * (cols.stop - cols.start)
+            kernel = kernel * jnp.asarray(masks.triangular_mask(full_in, self.features)[rows, cols], kernel.dtype)
         bias = None
-        if self.use_bias and not (first_new is not None and self.fixed_output):
+        if self._has_bias(first_new):
             bias = _bias(self, full_shape)[cols]
-        _record(self, "costs", "params", weights + (0 if bias is None else bias.shape[0]))
         if first_new is None:
             _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
-        return kernel, bias, weights
+        return kernel, bias
+
+    def _has_bias(self, first_new: int | None) -> bool:
+        # A fixed-output layer's new inputs add to outputs that have their bias already.
+        return self.use_bias and not (first_new is not None and self.fixed_output)
 
     def _input_prefix(self, x: Array, width: float | None, first_new: int | None) -> tuple[int, ...]:
         """How many leading active inputs each computed output of a masked layer reads."""
@@ -271,12 +343,51 @@ class _WidthLinear(nn.Module):
         # A fixed side never changes, so it constrains nothing.
         return self.triangular and not (self.fixed_input or self.fixed_output)
 
-    def _finish(self, y: Array, bias: Array | None, macs: int, computed_macs: int) -> Array:
-        _record(self, "costs", "macs", macs)
-        _record(self, "costs", "computed_macs", computed_macs)
+    def _finish(self, x: Array, width: float | None, first_new: int | None, y: Array, bias: Array | None,
+                receptive: int, pixels: int, lowering: BlockTriangular | None = None) -> Array:
+        """Adds the bias and records the call's costs.
+
+        Args:
+          x: the layer's input; width, first_new: the call's.
+          y: the product of input and kernel.
+          bias: the active bias, or None.
+          receptive: kernel entries per input and output channel pair (``kh * kw``, or a
+            dense layer's spatial positions).
+          pixels: output positions per example (1 for a dense layer).
+          lowering: the ``BlockTriangular`` lowering that computed ``y``, if one did.
+        """
+        full_in, c_in, c_out = self._active_counts(x, width)
+        count = functools.partial(_linear_counts, full_in=full_in, features=self.features, receptive=receptive,
+                                  pixels=pixels, masked=self._is_masked, bias=self._has_bias(first_new),
+                                  fixed_output=self.fixed_output, first_new=first_new, lowering=lowering)
+        _record_costs(self, width, count,
+                      (c_in, full_in, _input_slicing(self.fixed_input, width)),
+                      (c_out, self.features, not self.fixed_output))
         if bias is not None:
             y = y + bias.astype(y.dtype)
         return y
+
+
+def _kernel_slices(c_in: int, c_out: int, first_new: int | None, fixed_output: bool) -> tuple[slice, slice]:
+    """The kernel's active rows and columns; with ``first_new``, only what that channel on adds:
+    new output columns (every active input row), or a fixed-output layer's new input rows."""
+    rows, cols = slice(0, c_in), slice(0, c_out)
+    if first_new is not None:
+        rows, cols = (slice(first_new, c_in), cols) if fixed_output else (rows, slice(first_new, c_out))
+    return rows, cols
+
+
+def _linear_counts(c_in: int, c_out: int, *, full_in: int, features: int, receptive: int, pixels: int, masked: bool,
+                   bias: bool, fixed_output: bool, first_new: int | None,
+                   lowering: BlockTriangular | None) -> tuple[int, int, int]:
+    """A conv's or dense layer's ``(params, macs, computed_macs)`` at its active channel counts."""
+    rows, cols = _kernel_slices(c_in, c_out, first_new, fixed_output)
+    dense = (rows.stop - rows.start) * (cols.stop - cols.start)
+    entries = int(masks.triangular_mask(full_in, features)[rows, cols].sum()) if masked else dense
+    if lowering is not None:
+        dense = lowering.computed_entries(masks.allowed_inputs(full_in, features)[cols])
+    weights = receptive * entries
+    return weights + (cols.stop - cols.start if bias else 0), pixels * weights, pixels * receptive * dense
 
 
 def _pairs(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -321,21 +432,17 @@ class SlicedConv(_WidthLinear):
     @nn.compact
     def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
         kh, kw = _pairs(self.kernel_size, "kernel_size")
-        kernel, bias, weights = self._sliced_kernel((kh, kw), x, width, first_new)
-        if first_new is not None and self.fixed_output:
-            x = x[..., first_new:]  # the kernel's rows: the new inputs only
-        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        kernel, bias = self._sliced_kernel((kh, kw), x, width, first_new)
+        inputs = x[..., first_new:] if first_new is not None and self.fixed_output else x  # the kernel's rows
+        dtype = self.dtype or jnp.result_type(inputs.dtype, kernel.dtype)
+        inputs, kernel = inputs.astype(dtype), kernel.astype(dtype)
         conv_args = (_pairs(self.strides, "strides"), _padding(self.padding))
-        entries = kernel.shape[2] * kernel.shape[3]
-        if self._is_masked and isinstance(self.conv_lowering, BlockTriangular):
-            prefix = self._input_prefix(x, width, first_new)
-            y = self.conv_lowering.triangular(x, kernel, prefix, *conv_args)
-            entries = self.conv_lowering.computed_entries(prefix)
+        blocks = self.conv_lowering if self._is_masked and isinstance(self.conv_lowering, BlockTriangular) else None
+        if blocks is not None:
+            y = blocks.triangular(inputs, kernel, self._input_prefix(x, width, first_new), *conv_args)
         else:
-            y = self.conv_lowering(x, kernel, *conv_args)
-        pixels = int(y.shape[1] * y.shape[2])
-        return self._finish(y, bias, pixels * weights, pixels * kh * kw * entries)
+            y = self.conv_lowering(inputs, kernel, *conv_args)
+        return self._finish(x, width, first_new, y, bias, kh * kw, int(y.shape[1] * y.shape[2]), blocks)
 
 
 class TriangularConv(SlicedConv):
@@ -364,12 +471,11 @@ class SlicedDense(_WidthLinear):
     @nn.compact
     def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
         spatial = tuple(x.shape[1:-1])
-        kernel, bias, weights = self._sliced_kernel(spatial, x, width, first_new)
-        if first_new is not None and self.fixed_output:
-            x = x[..., first_new:]
-        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=len(spatial) + 1)
-        return self._finish(y, bias, weights, int(np.prod(kernel.shape, dtype=np.int64)))
+        kernel, bias = self._sliced_kernel(spatial, x, width, first_new)
+        inputs = x[..., first_new:] if first_new is not None and self.fixed_output else x
+        dtype = self.dtype or jnp.result_type(inputs.dtype, kernel.dtype)
+        y = jnp.tensordot(inputs.astype(dtype), kernel.astype(dtype), axes=len(spatial) + 1)
+        return self._finish(x, width, first_new, y, bias, int(np.prod(spatial, dtype=np.int64)), 1)
 
 
 class TriangularDense(SlicedDense):
@@ -434,11 +540,21 @@ class DepthwiseConv(nn.Module):
             y = y + bias
         if first_new is None:
             _record(self, "effective", "arrays", {"kernel": kernel, "bias": bias})
-        _record(self, "costs", "params", (kh * kw + self.use_bias) * (c - start))
-        macs = int(y.shape[1] * y.shape[2]) * kh * kw * (c - start)
-        _record(self, "costs", "macs", macs)
-        _record(self, "costs", "computed_macs", macs)
+        count = functools.partial(_depthwise_counts, taps=kh * kw, pixels=int(y.shape[1] * y.shape[2]),
+                                  bias=self.use_bias, start=start)
+        _record_costs(self, width, count, (c, self.features, _input_slicing(False, width)))
         return y
+
+
+def _depthwise_counts(c: int, *, taps: int, pixels: int, bias: bool, start: int) -> tuple[int, int, int]:
+    """A depthwise conv's ``(params, macs, computed_macs)`` over channels ``[start, c)``."""
+    macs = pixels * taps * (c - start)
+    return (taps + bias) * (c - start), macs, macs
+
+
+def _norm_counts(c: int, *, start: int) -> tuple[int, int, int]:
+    """A BatchNorm's ``(params, macs, computed_macs)`` over channels ``[start, c)``: its scale and bias."""
+    return 2 * (c - start), 0, 0
 
 
 def next_listed_width(width: float, listed: Sequence[float]) -> int:
@@ -499,9 +615,13 @@ class _PrefixNorm(nn.Module):
         var = self.variable("batch_stats", "var" + suffix, jnp.ones, (size,), jnp.float32)
         return mean, var
 
+    def _record_norm_costs(self, x: Array, width: float | None, start: int = 0) -> None:
+        """Records the costs of normalising channels ``[start, c)`` of ``x`` (``c``: the input's count)."""
+        c = x.shape[-1]
+        _record_costs(self, width, functools.partial(_norm_counts, start=start), (c, self.features, None))
+
     def _normalize(self, x, mean, var, scale, bias):
         c = x.shape[-1]
-        _record(self, "costs", "params", 2 * c)
         _record(self, "effective", "arrays", {"scale": scale[:c], "bias": bias[:c], "mean": mean[:c], "var": var[:c]})
         inv = lax.rsqrt(var[:c] + self.epsilon) * scale[:c]
         y = (x.astype(_stats_dtype(x)) - mean[:c]) * inv + bias[:c]
@@ -541,9 +661,8 @@ class PrefixBatchNorm(_PrefixNorm):
     """
 
     def __call__(self, x: Array, width: float | None = None, train: bool = False) -> Array:
-        """Normalises ``x`` of shape ``(..., c)``, ``c <= features``; ``width`` is unused."""
-        del width
-        return self._forward(x, train)
+        """Normalises ``x`` of shape ``(..., c)``, ``c <= features``; ``width`` only labels the costs."""
+        return self._forward(x, width, train)
 
     def widen(self, old: Array, x: Array, width: float | None = None, train: bool = False, *,
               new_from: float) -> Array:
@@ -555,14 +674,15 @@ class PrefixBatchNorm(_PrefixNorm):
             )
         self._check(x, self.features)
         start = num_channels(validate_width(new_from), self.features)
-        return _grown(old, start, x.shape[-1], lambda: self._forward(x, False, start))
+        return _grown(old, start, x.shape[-1], lambda: self._forward(x, width, False, start))
 
     @nn.compact
-    def _forward(self, x: Array, train: bool, first_new: int | None = None) -> Array:
+    def _forward(self, x: Array, width: float | None, train: bool, first_new: int | None = None) -> Array:
         """Normalisation of channels ``first_new`` onwards (eval mode), or of all."""
         self._check(x, self.features)
         scale, bias = self._affine("", self.features)
         stats = self._stats("", self.features)
+        self._record_norm_costs(x, width, first_new or 0)
         if first_new is not None:
             mean, var = stats[0].value[first_new:], stats[1].value[first_new:]
             return self._normalize(x[..., first_new:], mean, var, scale[first_new:], bias[first_new:])
@@ -596,6 +716,7 @@ class SwitchableBatchNorm(_PrefixNorm):
             norms.append((size, self._affine(f"_{i}", size), self._stats(f"_{i}", size)))
         size, (scale, bias), stats = norms[next_listed_width(width, listed)]
         self._check(x, size)
+        self._record_norm_costs(x, width)
         if train:
             return self._train(x, stats, scale, bias)
         return self._normalize(x, stats[0].value, stats[1].value, scale, bias)
@@ -623,6 +744,7 @@ class CalibratedBatchNorm(_PrefixNorm):
         stats = self._stats("", self.features)
         listed = sorted_unique(self.widths)
         calibrated = [self._stats(f"_{i}", num_channels(w, self.features)) for i, w in enumerate(listed)]
+        self._record_norm_costs(x, width)
         if train:
             return self._train(x, stats, scale, bias)
         if calibrated:

@@ -2,12 +2,13 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awn_jax import costs
+from awn_jax import conv, costs, layers
 from awn_jax.models import PLAIN, VARIANTS, LeNet3C1L, MobileNetV2, create_model
 from awn_jax.widths import num_channels
 from helpers import SMALL_MOBILENET, apply, random_variables
@@ -220,6 +221,88 @@ def _cifar_resnet_count(blocks, base, width, triangular, hw=32, in_channels=3, c
     params += act[2] * classes + classes
     macs += act[2] * classes
     return params, macs
+
+
+def _traced_costs(model, variables, shape, width):
+    """The reference: the costs the layers record in a trace of ``model`` at ``width``."""
+    recorded = {}
+
+    def run(v):
+        recorded.update(model.apply(v, jnp.zeros((1, *shape)), width=width, mutable=["costs"])[1]["costs"])
+
+    jax.eval_shape(run, variables)
+    return tuple(costs.sum_recorded(recorded, name) for name in ("params", "macs", "computed_macs"))
+
+
+def _counted_model(traced, snap=False, extra=False):
+    """A model that notes its traces in ``traced`` (a class of its own: no costs kept for it).
+
+    ``snap`` runs every layer at a width of a 0.25 grid, ``extra`` adds a layer above width
+    0.5: then one trace's costs are not every width's. (A snapped model whose narrowest and
+    widest widths are on the grid is beyond what two traces can see; ``width_costs`` says so.)
+    """
+
+    class Counted(nn.Module):
+        @nn.compact
+        def __call__(self, x, width=1.0):
+            traced.append(width)
+            layer_width = max(0.25, round(width * 4) / 4) if snap else width
+            x = layers.TriangularConv(8, fixed_input=True)(x, layer_width)
+            if extra and width > 0.5:
+                x = layers.TriangularConv(8, in_features=8)(x, layer_width)
+            x = layers.PrefixBatchNorm(8)(x, layer_width)
+            return layers.SlicedDense(3, in_features=8, fixed_output=True)(x.mean(axis=(1, 2)))
+
+    return Counted()
+
+
+WIDTHS = (0.25, 0.3, 0.37, 0.5, 0.61, 0.77, 0.9, 1.0)
+
+
+@pytest.mark.parametrize("name,variant,lowering", [
+    *(("lenet3c1l", v, None) for v in ("awn", "standard", "snet", "usnet")),
+    ("lenet3c1l", "awn", 3), ("small_mobilenet_v2", "awn", None), ("small_mobilenet_v2", "snet", None),
+    ("resnet20", "awn", None)])
+def test_width_costs_from_two_traces_equal_a_trace_per_width(name, variant, lowering):
+    model = _create(name, variant)
+    if lowering:
+        model = model.clone(conv_lowering=conv.BlockTriangular(lowering))
+    shape = INPUTS[name].shape[1:]
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)))
+    traced = []
+
+    def count_traces(call, args, kwargs, context):
+        if context.method_name == "__call__" and context.module.scope.path == ():  # the model, not a layer
+            traced.append(kwargs["width"])
+        return call(*args, **kwargs)
+
+    with nn.intercept_methods(count_traces):
+        got = costs.width_costs(model, variables, shape, WIDTHS[::-1])
+    assert set(traced) <= {0.25, 1.0} and len(traced) == len(set(traced))  # another test's traces are kept
+    assert [(c.params, c.macs, c.computed_macs) for c in got[::-1]] == [
+        _traced_costs(model, variables, shape, w) for w in WIDTHS]
+    assert [c.width for c in got] == list(WIDTHS[::-1])
+
+
+@pytest.mark.parametrize("kind", ["snap", "extra"])
+def test_width_costs_trace_each_width_when_one_trace_does_not_give_them(kind):
+    traced = []
+    model = _counted_model(traced, **{kind: True})
+    shape = (6, 6, 3)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)))
+    del traced[:]
+    # The narrowest width off the grid shows the snapped model: its layers ran at 0.25.
+    widths = WIDTHS[1:]
+    got = costs.width_costs(model, variables, shape, widths)
+    assert sorted(traced) == sorted(widths)
+    assert [(c.params, c.macs, c.computed_macs) for c in got] == [
+        _traced_costs(model, variables, shape, w) for w in widths]
+    # The same model without the width-dependent part: two traces give every width.
+    plain = _counted_model(traced)
+    expected = [_traced_costs(plain, variables, shape, w) for w in WIDTHS]
+    del traced[:]
+    assert [(c.params, c.macs, c.computed_macs) for c in costs.width_costs(plain, variables, shape, WIDTHS)] == expected
+    assert sorted(traced) == [0.25, 1.0]
 
 
 def test_width_costs_trace_a_model_once_per_width_and_variable_shapes():
