@@ -305,7 +305,7 @@ def test_width_costs_trace_each_width_when_one_trace_does_not_give_them(kind):
     assert sorted(traced) == [0.25, 1.0]
 
 
-def test_width_costs_trace_a_model_once_per_width_and_variable_shapes():
+def test_width_costs_keep_each_trace_per_model_variable_shapes_and_width():
     traced = []
 
     class CountingLeNet(LeNet3C1L):  # a class of this call's own: no earlier run's costs are kept for it
