@@ -1,8 +1,8 @@
 """What a model costs: parameters, bytes, and per-width active parameters and MACs.
 
-Per-width figures come from the layers themselves: each call records its costs and
+Per-width figures come from the layers themselves: each call states its costs and
 how they follow the width (``layers.CostRule``) when a model is traced abstractly
-with ``jax.eval_shape``. They follow the real sliced shapes, with AWN's mask zeros
+with ``jax.eval_shape`` inside ``layers.recording_cost_rules()``. They follow the real sliced shapes, with AWN's mask zeros
 excluded, and compute nothing.
 """
 
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awn_jax.layers import CostRule
+from awn_jax.layers import CostRule, recording_cost_rules
 from awn_jax.widths import validate_width
 
 __all__ = ["WidthCost", "count_leaves", "model_size_bytes", "sum_recorded", "width_cost", "width_costs",
@@ -84,6 +84,9 @@ def width_cost(
 
     Returns:
       The width's costs per example.
+
+    Raises:
+      ValueError: ``width`` is not a real number in (0, 1].
     """
     return width_costs(model, variables, input_shape, [width])[0]
 
@@ -96,14 +99,17 @@ def width_costs(
 ) -> list[WidthCost]:
     """:func:`width_cost` at each of ``widths``, from two traces of the model.
 
-    Each layer call records a ``layers.CostRule``: its costs as a function of the
+    Each layer call states a ``layers.CostRule``: its costs as a function of the
     width. A trace at the narrowest width then gives every width's costs, for a model
     that calls the same layers at every width and runs each at the width it was
-    given, only their channel counts changing: as this library's models do. The rules
-    are checked against a second trace, at the widest width; if the two disagree, a
-    layer ran at another width than the model, or a count does not follow the width,
-    every width is traced. (A model that runs its layers at another width only between
-    the two, say snapped to a grid that both ends lie on, is beyond this check.)
+    given, only their channel counts changing, where each count a layer reads from its
+    input (a BatchNorm's, a classifier's called without a width) is the width's count
+    of the layer's own channels or all of them: as this library's models do. The rules
+    are checked against a second trace, at the widest width; if the two disagree (a
+    layer ran at another width than the model, or a count did not follow the width)
+    every width is traced. A model that departs from this only between the two, say
+    with layers snapped to a grid that both ends lie on, or a BatchNorm wider than its
+    input whose counts agree at both ends, is beyond the check.
     MobileNetV2 at its 82 sweep widths: 78-80 s of traces on a 2-core CPU, one per
     width, against two.
 
@@ -123,7 +129,7 @@ def width_costs(
 
 
 class _Trace(NamedTuple):
-    calls: Any  # the tree structure of the recorded rules: which layers ran, how often
+    calls: tuple[tuple[str, ...], ...]  # the module path of each layer call, in call order
     rules: tuple[CostRule, ...]
 
 
@@ -161,17 +167,11 @@ def _trace(model: nn.Module, structure: tuple, input_shape: Sequence[int], width
 def _traced(model: nn.Module, structure: tuple, typed_shape: tuple, typed_width: tuple) -> _Trace:
     """The cost rules the layers record in an abstract trace (``_trace``'s key)."""
     (treedef, leaves), (_, width) = structure, typed_width
-    recorded = {}
-
-    def run(v):
-        x = jnp.zeros((1, *(d for _, d in typed_shape)), jnp.float32)
-        _, state = model.apply(v, x, width=width, mutable=["cost_rules"])
-        # The rules hold Python ints: keep them out of the traced outputs.
-        recorded.update(state["cost_rules"])
-
-    jax.eval_shape(run, jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*leaf) for leaf in leaves]))
-    rules, calls = jax.tree.flatten(recorded, is_leaf=lambda r: isinstance(r, CostRule))
-    return _Trace(calls, tuple(rules))
+    x = jax.ShapeDtypeStruct((1, *(d for _, d in typed_shape)), jnp.float32)
+    with recording_cost_rules() as recorded:
+        jax.eval_shape(functools.partial(model.apply, width=width),
+                       jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*leaf) for leaf in leaves]), x)
+    return _Trace(tuple(path for path, _ in recorded), tuple(rule for _, rule in recorded))
 
 
 def width_for_budget(costs: Mapping[float, float], budget: float, unit: str = "") -> float:

@@ -23,9 +23,11 @@ follow the :class:`Widenable` protocol that ``awn_jax.anytime`` uses.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
 
 import flax.linen as nn
 import jax
@@ -40,6 +42,7 @@ from awn_jax.widths import SNET_WIDTHS, num_channels, sorted_unique, validate_wi
 __all__ = [
     "Widenable",
     "CostRule",
+    "recording_cost_rules",
     "SlicedConv",
     "TriangularConv",
     "SlicedDense",
@@ -127,16 +130,16 @@ def _record(module: nn.Module, collection: str, name: str, value: Any) -> None:
         module.sow(collection, name, value)
 
 
-# Static: a rule is no array, and a traced apply with ``mutable=True`` returns it as it is.
-@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class CostRule:
-    """How one layer call's costs follow the width (``awn_jax.costs`` reads it).
+    """How one layer call's costs follow the width (:func:`recording_cost_rules` collects them).
 
     Each active channel count that a call's costs depend on is the same at every
     width, or ``num_channels(width, full)`` (the layer checks it), or the input's:
-    then how it follows the width is read from the width the model ran at. One
-    trace at one width thus gives the call's costs at every width.
+    then it is taken to be one of the two, as it was at the width the model ran at
+    (a BatchNorm's input has the width's count of its channels in this library's
+    models, a classifier's the width's count of its inputs). One trace at one width
+    thus gives the call's costs at every width.
 
     Attributes:
       width: the width the layer ran at (``None``: called without one).
@@ -183,9 +186,30 @@ def _input_slicing(fixed: bool, width: float | None) -> bool | None:
     return False if fixed else (True if width is not None else None)
 
 
+_COST_RULES: contextvars.ContextVar[list | None] = contextvars.ContextVar("awn_jax_cost_rules", default=None)
+
+
+@contextlib.contextmanager
+def recording_cost_rules() -> Iterator[list[tuple[tuple[str, ...], CostRule]]]:
+    """Collects the :class:`CostRule` of every layer call made inside the block.
+
+    ``awn_jax.costs`` traces a model inside it. The rules are no Flax collection, so
+    the variables and states a model returns stay as they were.
+
+    Yields:
+      A list that receives ``(module path, rule)`` for each call, in call order.
+    """
+    rules = []
+    token = _COST_RULES.set(rules)
+    try:
+        yield rules
+    finally:
+        _COST_RULES.reset(token)
+
+
 def _record_costs(module: nn.Module, width: float | None, count: Callable[..., tuple[int, int, int]],
                   *channels: tuple[int, int, bool | None]) -> None:
-    """Records a call's ``costs`` and its :class:`CostRule` (``cost_rules``).
+    """Records a call's ``costs``, and its :class:`CostRule` inside :func:`recording_cost_rules`.
 
     Args:
       module: the layer.
@@ -198,7 +222,9 @@ def _record_costs(module: nn.Module, width: float | None, count: Callable[..., t
     counts = count(*(active for active, _, _ in channels))
     for name, value in zip(("params", "macs", "computed_macs"), counts):
         module.sow("costs", name, value)
-    module.sow("cost_rules", "rules", CostRule(width, counts, tuple(channels), count))
+    rules = _COST_RULES.get()
+    if rules is not None:
+        rules.append((module.scope.path, CostRule(width, counts, tuple(channels), count)))
 
 
 class Widenable(Protocol):
@@ -308,14 +334,15 @@ class _WidthLinear(nn.Module):
         """
         raise NotImplementedError
 
-    def _sliced_kernel(self, lead_shape: tuple, x: Array, width: float | None, first_new: int | None):
-        """The active (masked) kernel and bias, and the active weight count.
+    def _sliced_kernel(self, lead_shape: tuple, counts: tuple[int, int, int],
+                       first_new: int | None) -> tuple[Array, Array | None]:
+        """The active (masked) kernel and bias (or None), at ``counts`` from :meth:`_active_counts`.
 
         With ``first_new``, only the part from that channel on: the new output columns
         (every active input row), or for a fixed-output layer the new input rows and
         no bias (their contribution to the outputs).
         """
-        full_in, c_in, c_out = self._active_counts(x, width)
+        full_in, c_in, c_out = counts
         full_shape = (*lead_shape, full_in, self.features)
         kernel = _checked_param(self, "kernel", self.kernel_init, full_shape, self.param_dtype)
         rows, cols = _kernel_slices(c_in, c_out, first_new, self.fixed_output)
@@ -333,22 +360,17 @@ class _WidthLinear(nn.Module):
         # A fixed-output layer's new inputs add to outputs that have their bias already.
         return self.use_bias and not (first_new is not None and self.fixed_output)
 
-    def _input_prefix(self, x: Array, width: float | None, first_new: int | None) -> tuple[int, ...]:
-        """How many leading active inputs each computed output of a masked layer reads."""
-        full_in, _, c_out = self._active_counts(x, width)
-        return masks.allowed_inputs(full_in, self.features)[first_new or 0:c_out]
-
     @property
     def _is_masked(self) -> bool:
         # A fixed side never changes, so it constrains nothing.
         return self.triangular and not (self.fixed_input or self.fixed_output)
 
-    def _finish(self, x: Array, width: float | None, first_new: int | None, y: Array, bias: Array | None,
-                receptive: int, pixels: int, lowering: BlockTriangular | None = None) -> Array:
+    def _finish(self, counts: tuple[int, int, int], width: float | None, first_new: int | None, y: Array,
+                bias: Array | None, receptive: int, pixels: int, lowering: BlockTriangular | None = None) -> Array:
         """Adds the bias and records the call's costs.
 
         Args:
-          x: the layer's input; width, first_new: the call's.
+          counts: :meth:`_active_counts`; width, first_new: the call's.
           y: the product of input and kernel.
           bias: the active bias, or None.
           receptive: kernel entries per input and output channel pair (``kh * kw``, or a
@@ -356,7 +378,7 @@ class _WidthLinear(nn.Module):
           pixels: output positions per example (1 for a dense layer).
           lowering: the ``BlockTriangular`` lowering that computed ``y``, if one did.
         """
-        full_in, c_in, c_out = self._active_counts(x, width)
+        full_in, c_in, c_out = counts
         count = functools.partial(_linear_counts, full_in=full_in, features=self.features, receptive=receptive,
                                   pixels=pixels, masked=self._is_masked, bias=self._has_bias(first_new),
                                   fixed_output=self.fixed_output, first_new=first_new, lowering=lowering)
@@ -377,6 +399,11 @@ def _kernel_slices(c_in: int, c_out: int, first_new: int | None, fixed_output: b
     return rows, cols
 
 
+def _block_prefix(full_in: int, features: int, cols: slice) -> tuple[int, ...]:
+    """How many leading inputs each of a masked layer's output columns ``cols`` reads."""
+    return masks.allowed_inputs(full_in, features)[cols]
+
+
 def _linear_counts(c_in: int, c_out: int, *, full_in: int, features: int, receptive: int, pixels: int, masked: bool,
                    bias: bool, fixed_output: bool, first_new: int | None,
                    lowering: BlockTriangular | None) -> tuple[int, int, int]:
@@ -385,7 +412,7 @@ def _linear_counts(c_in: int, c_out: int, *, full_in: int, features: int, recept
     dense = (rows.stop - rows.start) * (cols.stop - cols.start)
     entries = int(masks.triangular_mask(full_in, features)[rows, cols].sum()) if masked else dense
     if lowering is not None:
-        dense = lowering.computed_entries(masks.allowed_inputs(full_in, features)[cols])
+        dense = lowering.computed_entries(_block_prefix(full_in, features, cols))
     weights = receptive * entries
     return weights + (cols.stop - cols.start if bias else 0), pixels * weights, pixels * receptive * dense
 
@@ -432,17 +459,19 @@ class SlicedConv(_WidthLinear):
     @nn.compact
     def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
         kh, kw = _pairs(self.kernel_size, "kernel_size")
-        kernel, bias = self._sliced_kernel((kh, kw), x, width, first_new)
+        counts = self._active_counts(x, width)
+        kernel, bias = self._sliced_kernel((kh, kw), counts, first_new)
         inputs = x[..., first_new:] if first_new is not None and self.fixed_output else x  # the kernel's rows
         dtype = self.dtype or jnp.result_type(inputs.dtype, kernel.dtype)
         inputs, kernel = inputs.astype(dtype), kernel.astype(dtype)
         conv_args = (_pairs(self.strides, "strides"), _padding(self.padding))
         blocks = self.conv_lowering if self._is_masked and isinstance(self.conv_lowering, BlockTriangular) else None
         if blocks is not None:
-            y = blocks.triangular(inputs, kernel, self._input_prefix(x, width, first_new), *conv_args)
+            cols = _kernel_slices(*counts[1:], first_new, self.fixed_output)[1]
+            y = blocks.triangular(inputs, kernel, _block_prefix(counts[0], self.features, cols), *conv_args)
         else:
             y = self.conv_lowering(inputs, kernel, *conv_args)
-        return self._finish(x, width, first_new, y, bias, kh * kw, int(y.shape[1] * y.shape[2]), blocks)
+        return self._finish(counts, width, first_new, y, bias, kh * kw, int(y.shape[1] * y.shape[2]), blocks)
 
 
 class TriangularConv(SlicedConv):
@@ -471,11 +500,12 @@ class SlicedDense(_WidthLinear):
     @nn.compact
     def _forward(self, x: Array, width: float | None, first_new: int | None = None) -> Array:
         spatial = tuple(x.shape[1:-1])
-        kernel, bias = self._sliced_kernel(spatial, x, width, first_new)
+        counts = self._active_counts(x, width)
+        kernel, bias = self._sliced_kernel(spatial, counts, first_new)
         inputs = x[..., first_new:] if first_new is not None and self.fixed_output else x
         dtype = self.dtype or jnp.result_type(inputs.dtype, kernel.dtype)
         y = jnp.tensordot(inputs.astype(dtype), kernel.astype(dtype), axes=len(spatial) + 1)
-        return self._finish(x, width, first_new, y, bias, int(np.prod(spatial, dtype=np.int64)), 1)
+        return self._finish(counts, width, first_new, y, bias, int(np.prod(spatial, dtype=np.int64)), 1)
 
 
 class TriangularDense(SlicedDense):

@@ -1,5 +1,6 @@
 """Any-width layers against slow NumPy references, and BatchNorm width rules."""
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -249,3 +250,20 @@ def test_widen_refuses_train_mode_batchnorm():
     v = bn.init(jax.random.key(0), jnp.ones((2, 4)))
     with pytest.raises(ValueError, match="eval mode"):
         bn.apply(v, jnp.ones((2, 2)), jnp.ones((2, 4)), 1.0, True, new_from=0.5, method="widen")
+
+
+def test_cost_rules_are_collected_inside_the_recording_only_and_give_the_costs_at_other_widths():
+    layer = layers.TriangularConv(8, in_features=8, kernel_size=(3, 3))
+    x = jnp.ones((1, 5, 5, num_channels(0.5, 8)))
+    variables = layer.init(jax.random.key(0), jnp.ones((1, 5, 5, 8)), 1.0)
+    with layers.recording_cost_rules() as rules:
+        _, state = layer.apply(variables, x, 0.5, mutable=True)
+    layer.apply(variables, x, 0.5, mutable=["costs"])  # outside: nothing more collected
+    [(path, rule)] = rules
+    assert path == () and rule.width == 0.5
+    assert rule.counts == tuple(sum(state["costs"][k]) for k in ("params", "macs", "computed_macs"))
+    _, wide = layer.apply(variables, jnp.ones((1, 5, 5, 8)), 1.0, mutable=["costs"])
+    assert rule.at(1.0, 0.5) == tuple(sum(wide["costs"][k]) for k in ("params", "macs", "computed_macs"))
+    # A returned state holds the variables and what the layers sow, and serialises.
+    assert set(state) == {"params", "costs", "effective"}
+    assert flax.serialization.from_bytes(state, flax.serialization.to_bytes(state))["costs"] == state["costs"]
