@@ -1,9 +1,9 @@
 """What a model costs: parameters, bytes, and per-width active parameters and MACs.
 
-Per-width figures come from the layers themselves: each call states its costs and
-how they follow the width (``layers.CostRule``) when a model is traced abstractly
-with ``jax.eval_shape`` inside ``layers.recording_cost_rules()``. They follow the real sliced shapes, with AWN's mask zeros
-excluded, and compute nothing.
+Per-width figures come from the layers themselves: each call records its costs, and
+states how they follow the width (``layers.CostRule``), when a model is traced
+abstractly with ``jax.eval_shape`` inside ``layers.recording_cost_rules()``. They
+follow the real sliced shapes, with AWN's mask zeros excluded, and compute nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awn_jax.layers import CostRule, recording_cost_rules
+from awn_jax.layers import COST_NAMES, CostRule, recording_cost_rules
 from awn_jax.widths import validate_width
 
 __all__ = ["WidthCost", "count_leaves", "model_size_bytes", "sum_recorded", "width_cost", "width_costs",
@@ -105,13 +105,23 @@ def width_costs(
     given, only their channel counts changing, where each count a layer reads from its
     input (a BatchNorm's, a classifier's called without a width) is the width's count
     of the layer's own channels or all of them: as this library's models do. The rules
-    are checked against a second trace, at the widest width; if the two disagree (a
-    layer ran at another width than the model, or a count did not follow the width)
-    every width is traced. A model that departs from this only between the two, say
-    with layers snapped to a grid that both ends lie on, or a BatchNorm wider than its
-    input whose counts agree at both ends, is beyond the check.
-    MobileNetV2 at its 82 sweep widths: 78-80 s of traces on a 2-core CPU, one per
-    width, against two.
+    are checked against the costs the layers record in the same trace and against a
+    second trace, at the widest width; if they disagree (a layer ran at another width
+    than the model, a count did not follow the width, a rule was stated for some calls
+    and not others) every width is traced. A model that departs from this only between
+    the two, say with layers snapped to a grid that both ends lie on, or a BatchNorm
+    wider than its input whose counts agree at both ends, is beyond the check.
+    MobileNetV2 at its 82 sweep widths: two traces against one per width, 1.3-2.3 s
+    against 101-109 s on a 2-core CPU (docs/PERFORMANCE_NOTES.md).
+
+    Args:
+      model: an any-width model.
+      variables: its variables (only shapes and dtypes are read).
+      input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+      widths: the widths, in any order, repeats allowed.
+
+    Returns:
+      One :class:`WidthCost` per width, in the order given, each with the caller's width.
 
     Raises:
       ValueError: a width is not a real number in (0, 1].
@@ -119,25 +129,28 @@ def width_costs(
     structure = _structure(variables)  # once: every width's cache entry shares it
     widths = list(widths)
     values = [validate_width(w) for w in widths]  # a bad width fails before any trace
-    if len(set(values)) > 1:
-        narrow, wide = (widths[values.index(v)] for v in (min(values), max(values)))
+    low, high = min(values, default=0.0), max(values, default=0.0)
+    if low < high:
+        narrow, wide = widths[values.index(low)], widths[values.index(high)]
         traced = _trace(model, structure, input_shape, narrow)
-        if _determines_costs(traced, min(values), _trace(model, structure, input_shape, wide), max(values)):
-            return [WidthCost(w, *_summed(r.at(v, min(values)) for r in traced.rules)) for w, v in zip(widths, values)]
-    return [WidthCost(w, *_summed(r.counts for r in _trace(model, structure, input_shape, w).rules))
-            for w in widths]
+        if _determines_costs(traced, low, _trace(model, structure, input_shape, wide), high):
+            return [WidthCost(w, *_summed(r.at(v, low) for r in traced.rules)) for w, v in zip(widths, values)]
+    return [WidthCost(w, *_trace(model, structure, input_shape, w).counts) for w in widths]
 
 
 class _Trace(NamedTuple):
-    calls: tuple[tuple[str, ...], ...]  # the module path of each layer call, in call order
+    counts: tuple[int, int, int]  # the model's, summed from the costs the layers record
+    calls: tuple[tuple[str, ...], ...]  # the module path of each layer call whose rule was stated, in order
     rules: tuple[CostRule, ...]
 
 
 def _determines_costs(traced: _Trace, width: float, check: _Trace, check_width: float) -> bool:
-    """Whether the rules of a trace at ``width`` give the costs at every wider width: each
-    call's counts follow the width, and the rules give the calls of a trace at
-    ``check_width`` (``check``), the widest."""
-    return (all(r.at(width, width) == r.counts for r in traced.rules) and traced.calls == check.calls
+    """Whether the rules of a trace at ``width`` are taken to give the costs at every wider
+    width: each gives its call's counts, together the recorded costs, and they give each
+    call's counts in a trace at ``check_width`` (``check``), the widest."""
+    return (all(r.at(width, width) == r.counts for r in traced.rules)
+            and all(_summed(r.counts for r in t.rules) == t.counts for t in (traced, check))
+            and traced.calls == check.calls
             and all(r.at(check_width, width) == c.counts for r, c in zip(traced.rules, check.rules)))
 
 
@@ -165,13 +178,20 @@ def _trace(model: nn.Module, structure: tuple, input_shape: Sequence[int], width
 
 @functools.lru_cache(maxsize=4096)
 def _traced(model: nn.Module, structure: tuple, typed_shape: tuple, typed_width: tuple) -> _Trace:
-    """The cost rules the layers record in an abstract trace (``_trace``'s key)."""
+    """The recorded costs and stated cost rules of an abstract trace (``_trace``'s key)."""
     (treedef, leaves), (_, width) = structure, typed_width
+    recorded = {}
+
+    # A new function each time: a trace that JAX kept for an equal one would run no layer code.
+    def run(v, x):
+        _, state = model.apply(v, x, width=width, mutable=["costs"])
+        recorded.update(state["costs"])  # Python ints: kept out of the traced outputs
+
     x = jax.ShapeDtypeStruct((1, *(d for _, d in typed_shape)), jnp.float32)
-    with recording_cost_rules() as recorded:
-        jax.eval_shape(functools.partial(model.apply, width=width),
-                       jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*leaf) for leaf in leaves]), x)
-    return _Trace(tuple(path for path, _ in recorded), tuple(rule for _, rule in recorded))
+    with recording_cost_rules() as stated:
+        jax.eval_shape(run, jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*leaf) for leaf in leaves]), x)
+    counts = tuple(sum_recorded(recorded, name) for name in COST_NAMES)
+    return _Trace(counts, tuple(path for path, _ in stated), tuple(rule for _, rule in stated))
 
 
 def width_for_budget(costs: Mapping[float, float], budget: float, unit: str = "") -> float:

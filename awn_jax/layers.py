@@ -41,6 +41,7 @@ from awn_jax.widths import SNET_WIDTHS, num_channels, sorted_unique, validate_wi
 
 __all__ = [
     "Widenable",
+    "COST_NAMES",
     "CostRule",
     "recording_cost_rules",
     "SlicedConv",
@@ -125,6 +126,10 @@ def _checked_param(module: nn.Module, name: str, init: Initializer, shape: tuple
     return module.param(name, init, tuple(shape), dtype)
 
 
+# What the ``costs`` collection holds per call, in this order wherever counts are a tuple.
+COST_NAMES = ("params", "macs", "computed_macs")
+
+
 def _record(module: nn.Module, collection: str, name: str, value: Any) -> None:
     if not module.is_initializing():
         module.sow(collection, name, value)
@@ -139,7 +144,7 @@ class CostRule:
     then it is taken to be one of the two, as it was at the width the model ran at
     (a BatchNorm's input has the width's count of its channels in this library's
     models, a classifier's the width's count of its inputs). One trace at one width
-    thus gives the call's costs at every width.
+    thus gives the call's costs at every wider width.
 
     Attributes:
       width: the width the layer ran at (``None``: called without one).
@@ -191,10 +196,13 @@ _COST_RULES: contextvars.ContextVar[list | None] = contextvars.ContextVar("awn_j
 
 @contextlib.contextmanager
 def recording_cost_rules() -> Iterator[list[tuple[tuple[str, ...], CostRule]]]:
-    """Collects the :class:`CostRule` of every layer call made inside the block.
+    """Collects the :class:`CostRule` of each layer call whose Python runs inside the block.
 
-    ``awn_jax.costs`` traces a model inside it. The rules are no Flax collection, so
-    the variables and states a model returns stay as they were.
+    ``awn_jax.costs`` traces a model inside it. A rule is stated when the layer's code
+    runs: once per trace of a jitted function (a call that reuses a compiled program
+    states nothing), never at init, and once for all iterations of a layer under
+    ``nn.scan`` or ``nn.vmap``. The rules are no Flax collection, so the variables and
+    states a model returns stay as they were. An inner block collects its calls alone.
 
     Yields:
       A list that receives ``(module path, rule)`` for each call, in call order.
@@ -217,13 +225,11 @@ def _record_costs(module: nn.Module, width: float | None, count: Callable[..., t
       count: ``(params, macs, computed_macs)`` of the active channel counts.
       *channels: per count, :attr:`CostRule.channels`' ``(active, full, sliced)``.
     """
-    if module.is_initializing():
-        return
     counts = count(*(active for active, _, _ in channels))
-    for name, value in zip(("params", "macs", "computed_macs"), counts):
-        module.sow("costs", name, value)
+    for name, value in zip(COST_NAMES, counts):
+        _record(module, "costs", name, value)
     rules = _COST_RULES.get()
-    if rules is not None:
+    if rules is not None and not module.is_initializing():
         rules.append((module.scope.path, CostRule(width, counts, tuple(channels), count)))
 
 
@@ -370,7 +376,9 @@ class _WidthLinear(nn.Module):
         """Adds the bias and records the call's costs.
 
         Args:
-          counts: :meth:`_active_counts`; width, first_new: the call's.
+          counts: the call's :meth:`_active_counts`.
+          width: the call's width.
+          first_new: the call's first new channel (widening), or None.
           y: the product of input and kernel.
           bias: the active bias, or None.
           receptive: kernel entries per input and output channel pair (``kh * kw``, or a

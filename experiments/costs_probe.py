@@ -2,9 +2,9 @@
 
     python -m experiments.costs_probe [--models=lenet3c1l,mobilenet_v2]
 
-For each model, in a fresh process: the default config's sweep widths, and the seconds
-of the first ``costs.width_costs`` call over all of them (abstract traces, nothing
-computed). To compare two versions of the library, run the script by its path with each
+For each model in turn, in one process: the default config's sweep widths, and the
+seconds of the first ``costs.width_costs`` call over all of them (abstract traces,
+nothing computed). Name one model per run to time it in a fresh process. To compare two versions of the library, run the script by its path with each
 checkout first on the path, ``PYTHONPATH=<checkout> python experiments/costs_probe.py``
 (it prints the awn_jax it imported), alternating them: the CPU's speed moves between runs.
 """

@@ -261,9 +261,9 @@ def test_cost_rules_are_collected_inside_the_recording_only_and_give_the_costs_a
     layer.apply(variables, x, 0.5, mutable=["costs"])  # outside: nothing more collected
     [(path, rule)] = rules
     assert path == () and rule.width == 0.5
-    assert rule.counts == tuple(sum(state["costs"][k]) for k in ("params", "macs", "computed_macs"))
+    assert rule.counts == tuple(sum(state["costs"][k]) for k in layers.COST_NAMES)
     _, wide = layer.apply(variables, jnp.ones((1, 5, 5, 8)), 1.0, mutable=["costs"])
-    assert rule.at(1.0, 0.5) == tuple(sum(wide["costs"][k]) for k in ("params", "macs", "computed_macs"))
+    assert rule.at(1.0, 0.5) == tuple(sum(wide["costs"][k]) for k in layers.COST_NAMES)
     # A returned state holds the variables and what the layers sow, and serialises.
     assert set(state) == {"params", "costs", "effective"}
     assert flax.serialization.from_bytes(state, flax.serialization.to_bytes(state))["costs"] == state["costs"]

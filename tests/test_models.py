@@ -231,14 +231,15 @@ def _traced_costs(model, variables, shape, width):
         recorded.update(model.apply(v, jnp.zeros((1, *shape)), width=width, mutable=["costs"])[1]["costs"])
 
     jax.eval_shape(run, variables)
-    return tuple(costs.sum_recorded(recorded, name) for name in ("params", "macs", "computed_macs"))
+    return tuple(costs.sum_recorded(recorded, name) for name in layers.COST_NAMES)
 
 
-def _counted_model(traced, snap=False, extra=False):
+def _counted_model(traced, snap=False, extra=False, norm=8):
     """A model that notes its traces in ``traced`` (a class of its own: no costs kept for it).
 
     ``snap`` runs every layer at a width of a 0.25 grid, ``extra`` adds a layer above width
-    0.5: then one trace's costs are not every width's. (A snapped model whose narrowest and
+    0.5, and a BatchNorm of ``norm`` channels other than its input's 8 does not follow the
+    width: then one trace's costs are not every width's. (A snapped model whose narrowest and
     widest widths are on the grid is beyond what two traces can see; ``width_costs`` says so.)
     """
 
@@ -250,7 +251,7 @@ def _counted_model(traced, snap=False, extra=False):
             x = layers.TriangularConv(8, fixed_input=True)(x, layer_width)
             if extra and width > 0.5:
                 x = layers.TriangularConv(8, in_features=8)(x, layer_width)
-            x = layers.PrefixBatchNorm(8)(x, layer_width)
+            x = layers.PrefixBatchNorm(norm)(x, layer_width)
             return layers.SlicedDense(3, in_features=8, fixed_output=True)(x.mean(axis=(1, 2)))
 
     return Counted()
@@ -284,24 +285,29 @@ def test_width_costs_from_two_traces_equal_a_trace_per_width(name, variant, lowe
     assert [c.width for c in got] == list(WIDTHS[::-1])
 
 
-@pytest.mark.parametrize("kind", ["snap", "extra"])
+# snap: layers at another width than the model's at the narrowest width; extra: other calls at
+# the widest; 9 channels: 2 of 9 (the width's count) at 0.25 but 8 of 9 at 1, which only the
+# widest trace shows; 11 channels: 2 of 11 at 0.25, neither the width's count nor all.
+@pytest.mark.parametrize("kind", [{"snap": True}, {"extra": True}, {"norm": 9}, {"norm": 11}], ids=str)
 def test_width_costs_trace_each_width_when_one_trace_does_not_give_them(kind):
     traced = []
-    model = _counted_model(traced, **{kind: True})
+    model = _counted_model(traced, **kind)
     shape = (6, 6, 3)
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)))
     del traced[:]
     # The narrowest width off the grid shows the snapped model: its layers ran at 0.25.
-    widths = WIDTHS[1:]
+    widths = WIDTHS[1:] if "snap" in kind else WIDTHS
     got = costs.width_costs(model, variables, shape, widths)
     assert sorted(traced) == sorted(widths)
     assert [(c.params, c.macs, c.computed_macs) for c in got] == [
         _traced_costs(model, variables, shape, w) for w in widths]
     # The same model without the width-dependent part: two traces give every width.
     plain = _counted_model(traced)
-    expected = [_traced_costs(plain, variables, shape, w) for w in WIDTHS]
+    plain_variables = jax.eval_shape(plain.init, jax.random.key(0), jnp.zeros((1, *shape)))
+    expected = [_traced_costs(plain, plain_variables, shape, w) for w in WIDTHS]
     del traced[:]
-    assert [(c.params, c.macs, c.computed_macs) for c in costs.width_costs(plain, variables, shape, WIDTHS)] == expected
+    got = costs.width_costs(plain, plain_variables, shape, WIDTHS)
+    assert [(c.params, c.macs, c.computed_macs) for c in got] == expected
     assert sorted(traced) == [0.25, 1.0]
 
 
