@@ -111,8 +111,8 @@ def width_costs(
     and not others) every width is traced. A model that departs from this only between
     the two, say with layers snapped to a grid that both ends lie on, or a BatchNorm
     wider than its input whose counts agree at both ends, is beyond the check.
-    MobileNetV2 at its 82 sweep widths: two traces against one per width, 1.3-2.3 s
-    against 101-109 s on a 2-core CPU (docs/PERFORMANCE_NOTES.md).
+    MobileNetV2 at its 82 sweep widths: two traces against one per width, 0.9-1.5 s
+    against 42-49 s on a 2-core CPU (docs/PERFORMANCE_NOTES.md).
 
     Args:
       model: an any-width model.
