@@ -110,7 +110,8 @@ def width_costs(
     than the model, a count did not follow the width, a rule was stated for some calls
     and not others) every width is traced. A model that departs from this only between
     the two, say with layers snapped to a grid that both ends lie on, or a BatchNorm
-    wider than its input whose counts agree at both ends, is beyond the check.
+    wider than its input whose counts agree at both ends, is beyond the check; so is a
+    model that refuses a width strictly between them, which is then not traced.
     MobileNetV2 at its 82 sweep widths: two traces against one per width, 0.9-1.5 s
     against 42-49 s on a 2-core CPU (docs/PERFORMANCE_NOTES.md).
 
@@ -146,8 +147,9 @@ class _Trace(NamedTuple):
 
 def _determines_costs(traced: _Trace, width: float, check: _Trace, check_width: float) -> bool:
     """Whether the rules of a trace at ``width`` are taken to give the costs at every wider
-    width: each gives its call's counts, together the recorded costs, and they give each
-    call's counts in a trace at ``check_width`` (``check``), the widest."""
+    width: each gives its call's counts, together the recorded costs (in both traces), the
+    trace at ``check_width`` (``check``, the widest) made the same calls, and the rules
+    give each of its calls' counts."""
     return (all(r.at(width, width) == r.counts for r in traced.rules)
             and all(_summed(r.counts for r in t.rules) == t.counts for t in (traced, check))
             and traced.calls == check.calls

@@ -175,9 +175,9 @@ class CostRule:
         if self.width not in (None, traced):
             return None
         active = []
-        for count, full, sliced in self.channels:
+        for seen, full, sliced in self.channels:
             if sliced is None:  # at ``traced``, the input's count was the width's or the full one
-                sliced = True if count == num_channels(traced, full) else False if count == full else None
+                sliced = True if seen == num_channels(traced, full) else False if seen == full else None
                 if sliced is None:
                     return None
             # Where the width's count is the full one at ``traced``, both agree at every wider width.

@@ -234,12 +234,13 @@ def _traced_costs(model, variables, shape, width):
     return tuple(costs.sum_recorded(recorded, name) for name in layers.COST_NAMES)
 
 
-def _counted_model(traced, snap=False, extra=False, norm=8):
+def _counted_model(traced, snap=False, extra=False, norm=8, sown=False):
     """A model that notes its traces in ``traced`` (a class of its own: no costs kept for it).
 
     ``snap`` runs every layer at a width of a 0.25 grid, ``extra`` adds a layer above width
-    0.5, and a BatchNorm of ``norm`` channels other than its input's 8 does not follow the
-    width: then one trace's costs are not every width's. (A snapped model whose narrowest and
+    0.5, a BatchNorm of ``norm`` channels other than its input's 8 does not follow the
+    width, and ``sown`` records costs that no layer states a rule for: then one trace's
+    costs are not every width's. (A snapped model whose narrowest and
     widest widths are on the grid is beyond what two traces can see; ``width_costs`` says so.)
     """
 
@@ -252,6 +253,8 @@ def _counted_model(traced, snap=False, extra=False, norm=8):
             if extra and width > 0.5:
                 x = layers.TriangularConv(8, in_features=8)(x, layer_width)
             x = layers.PrefixBatchNorm(norm)(x, layer_width)
+            if sown and not self.is_initializing():
+                self.sow("costs", "params", 5)
             return layers.SlicedDense(3, in_features=8, fixed_output=True)(x.mean(axis=(1, 2)))
 
     return Counted()
@@ -287,8 +290,10 @@ def test_width_costs_from_two_traces_equal_a_trace_per_width(name, variant, lowe
 
 # snap: layers at another width than the model's at the narrowest width; extra: other calls at
 # the widest; 9 channels: 2 of 9 (the width's count) at 0.25 but 8 of 9 at 1, which only the
-# widest trace shows; 11 channels: 2 of 11 at 0.25, neither the width's count nor all.
-@pytest.mark.parametrize("kind", [{"snap": True}, {"extra": True}, {"norm": 9}, {"norm": 11}], ids=str)
+# widest trace shows; 11 channels: 2 of 11 at 0.25, neither the width's count nor all; sown:
+# the rules do not sum to the recorded costs.
+@pytest.mark.parametrize("kind", [{"snap": True}, {"extra": True}, {"norm": 9}, {"norm": 11}, {"sown": True}],
+                         ids=["snap", "extra", "norm9", "norm11", "sown"])
 def test_width_costs_trace_each_width_when_one_trace_does_not_give_them(kind):
     traced = []
     model = _counted_model(traced, **kind)
