@@ -167,8 +167,8 @@ def _structure(variables: Any) -> tuple[Any, tuple]:
 
 
 def _trace(model: nn.Module, structure: tuple, input_shape: Sequence[int], width: float) -> _Trace:
-    """The layer calls' cost rules in a trace at ``width``, kept per model, variable structure,
-    input shape and width."""
+    """The recorded costs and the layer calls' cost rules of a trace at ``width``, kept per
+    model, variable structure, input shape and width."""
     # Each value with its type: True, 1 and 1.0 hash and compare alike, and only some are widths.
     key = (model, structure, tuple((type(d), d) for d in input_shape), (type(width), width))
     try:
