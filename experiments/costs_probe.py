@@ -5,9 +5,9 @@
 For each model in turn, in one process: the default config's sweep widths, and the
 seconds of the first ``costs.width_costs`` call over all of them (abstract traces,
 nothing computed). Name one model per run to time it in a fresh process. With
-``--sweep_repeats=N``, also the accuracy sweep of those widths beside one full-width
-pass over the same 10,000 random images (``awn_jax.bench``'s sweep table, median of N),
-with random weights: the costs' share of a sweep.
+``--sweep_repeats=N``, also ``awn_jax.bench``'s sweep table for those widths: the
+accuracy sweep and the widths' costs (cached by then) beside one full-width pass over
+the same 10,000 random images (median of N), with random weights.
 
 To compare two versions of the library, run the script by its path with each checkout
 first on the path, ``PYTHONPATH=<checkout> python experiments/costs_probe.py`` (it

@@ -15,7 +15,8 @@ after warm-up:
   FLOP/s measured in the same run;
 * inference images/s at 4 widths and the ratio to w = 1, beside the MACs ratio, and
   the compile time per width; for LeNet also the full sweep's compile time, and the
-  accuracy sweep of every width beside one full-width pass over the same images; peak host memory;
+  accuracy sweep of every width and the widths' costs beside one full-width pass over the
+  same images; peak host memory;
 * with --anytime (alone): anytime widening w1 -> w2 against a direct pass at w2;
 * with --blocks (alone): the block-triangular lowering (``conv.BlockTriangular``, which
   skips the triangle's zeros) against one masked convolution per layer: the MACs each
@@ -448,7 +449,9 @@ def sweep_table(model: Any, variables: dict, info: data.DatasetInfo, widths: Seq
     """Prints the accuracy sweep of ``widths`` beside one full-width pass over the same images.
 
     Both go through :func:`awn_jax.evaluation.accuracies`, the sweep's own path (for an AWN,
-    one trunk pass for all widths), so both include its input pipeline and host work.
+    one trunk pass for all widths), so both include its input pipeline and host work. The
+    widths' costs, which a sweep also reports, are timed once, first (a call that reuses
+    traces kept earlier in the process, as a sweep would).
 
     Args:
       model, variables, info: the model, its variables, its dataset's info.
@@ -460,10 +463,16 @@ def sweep_table(model: Any, variables: dict, info: data.DatasetInfo, widths: Seq
     rng = np.random.default_rng(2)
     split = data.Split(rng.integers(0, 256, (examples, *info.image_shape), dtype=np.uint8),
                        rng.integers(0, info.num_classes, examples).astype(np.int32))
-    rows = {}
-    for label, group in ((f"sweep of {len(widths)} widths", tuple(widths)), ("one pass at width 1", (1.0,))):
-        rows[label] = median_seconds(lambda g=group: evaluation.accuracies(model, variables, split, info, g, batch),
-                                     repeats)
+    start = time.perf_counter()
+    costs.width_costs(model, variables, info.image_shape, widths)
+    cost_seconds = time.perf_counter() - start
+
+    def accuracy_seconds(group: tuple[float, ...]) -> float:
+        return median_seconds(lambda: evaluation.accuracies(model, variables, split, info, group, batch), repeats)
+
+    rows = {f"sweep of {len(widths)} widths": accuracy_seconds(tuple(widths)),
+            "their costs (costs.width_costs, once)": cost_seconds,
+            "one pass at width 1": accuracy_seconds((1.0,))}
     full = rows["one pass at width 1"]
     print(f"\n| accuracy over {examples:,} images (batch {batch}) | seconds | vs one pass at width 1 |\n|---|---|---|")
     for label, seconds in rows.items():
