@@ -148,7 +148,6 @@ class CostRule:
 
     Attributes:
       width: the width the layer ran at (``None``: called without one).
-      counts: the call's ``(params, macs, computed_macs)`` as traced.
       channels: per count, ``(active, full, sliced)``: ``sliced`` True for
         ``num_channels(width, full)``, False for ``full`` at every width, None for
         the input's count.
@@ -156,9 +155,13 @@ class CostRule:
     """
 
     width: float | None
-    counts: tuple[int, int, int]
     channels: tuple[tuple[int, int, bool | None], ...]
     count: Callable[..., tuple[int, int, int]]
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """The call's ``(params, macs, computed_macs)`` as it ran."""
+        return self.count(*(active for active, _, _ in self.channels))
 
     def at(self, width: float, traced: float) -> tuple[int, int, int] | None:
         """The call's ``(params, macs, computed_macs)`` at ``width``.
@@ -225,12 +228,12 @@ def _record_costs(module: nn.Module, width: float | None, count: Callable[..., t
       count: ``(params, macs, computed_macs)`` of the active channel counts.
       *channels: per count, :attr:`CostRule.channels`' ``(active, full, sliced)``.
     """
-    counts = count(*(active for active, _, _ in channels))
-    for name, value in zip(COST_NAMES, counts):
+    rule = CostRule(width, tuple(channels), count)
+    for name, value in zip(COST_NAMES, rule.counts):
         _record(module, "costs", name, value)
     rules = _COST_RULES.get()
     if rules is not None and not module.is_initializing():
-        rules.append((module.scope.path, CostRule(width, counts, tuple(channels), count)))
+        rules.append((module.scope.path, rule))
 
 
 class Widenable(Protocol):
