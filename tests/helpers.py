@@ -18,8 +18,8 @@ import numpy as np
 from awn_jax import data
 from awn_jax.models import MobileNetV2
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 CHECKOUT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+CONFIG_DIR = os.path.join(CHECKOUT, "configs")
 # A MobileNetV2 whose programs compile in seconds, with what matters: expansion 1 and 6,
 # depthwise convs, a stride-2 block and residual blocks (the repeated ones). The CIFAR
 # layout is the same code with more blocks.

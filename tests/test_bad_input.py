@@ -17,7 +17,8 @@ import pytest
 
 from awn_jax import sweep, train
 from awn_jax.cli import common, data as data_cli, evaluate as evaluate_cli, export as export_cli, train as train_cli
-from helpers import fake_split, tiny_config, truncate_checkpoints, write_fake_cifar, write_fake_fmnist, write_idx
+from helpers import (CHECKOUT, fake_split, tiny_config, truncate_checkpoints, write_fake_cifar, write_fake_fmnist,
+                     write_idx)
 
 CONFIG = "configs/lenet_fmnist.py:smoke"
 
@@ -27,7 +28,7 @@ def _no_global_side_effects(monkeypatch):
     monkeypatch.setattr(common.runtime, "tune_host_allocator", lambda: False)
     monkeypatch.setattr(common.runtime, "tune_xla_cpu", lambda: False)
     monkeypatch.setattr(common, "enable_compilation_cache", lambda *a: "")
-    monkeypatch.chdir(os.path.join(os.path.dirname(__file__), ".."))
+    monkeypatch.chdir(CHECKOUT)
 
 
 def _snapshot(path):
@@ -298,7 +299,7 @@ def test_a_second_training_on_a_live_workdir_is_refused_naming_the_holder(capsys
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from awn_jax import io; io.lock_workdir(sys.argv[1]);"
          " print('locked', flush=True); time.sleep(60)", str(workdir)],
-        stdout=subprocess.PIPE, text=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
+        stdout=subprocess.PIPE, text=True, cwd=CHECKOUT)
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = _snapshot(workdir)

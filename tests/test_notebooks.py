@@ -7,7 +7,7 @@ from nbclient import NotebookClient
 
 from helpers import CHECKOUT, write_fake_cifar, write_fake_fmnist
 
-NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "experiments", "notebooks")
+NOTEBOOKS = os.path.join(CHECKOUT, "experiments", "notebooks")
 
 
 def _execute(name: str, overrides: dict, cwd: str, monkeypatch) -> nbformat.NotebookNode:
