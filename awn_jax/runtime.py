@@ -45,9 +45,15 @@ def tune_host_allocator() -> bool:
 # step 1.18-1.30x (docs/PERFORMANCE_NOTES.md, "YNNPACK"). The matmuls are turned off with
 # the convolutions because the figures were measured so; alone they made no measurable
 # difference either way.
+#
+# XLA:CPU's fusion emitters (jaxlib 0.10's default) compile this project's programs more
+# slowly than its older IR emitters, and their code ran no faster here: with the
+# older ones, the MobileNetV2 AWN+RS train step 1.60x the images/s and its first call
+# 0.88x the seconds, LeNet's 1.06x and 0.80x, the test suite 640 s against 896 s
+# (docs/PERFORMANCE_NOTES.md, "XLA:CPU's fusion emitters").
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-XLA_CPU_FLAGS = (f"{_YNN_FLAG}=-individual_convolution,-individual_dot",)
-# [from, to): the jaxlib releases whose XLA has the flag and for which it was measured.
+XLA_CPU_FLAGS = (f"{_YNN_FLAG}=-individual_convolution,-individual_dot", "--xla_cpu_use_fusion_emitters=false")
+# [from, to): the jaxlib releases whose XLA has the flags and for which they were measured.
 # XLA stops the process on a flag it does not know, so other releases are left alone.
 _TUNED_JAXLIB = ((0, 10), (0, 11))
 
@@ -61,7 +67,7 @@ def backend_started() -> bool:
 
 
 def tune_xla_cpu() -> bool:
-    """Adds :data:`XLA_CPU_FLAGS` to ``XLA_FLAGS`` (XLA:CPU's own convolutions, not YNNPACK's).
+    """Adds :data:`XLA_CPU_FLAGS` to ``XLA_FLAGS``: XLA:CPU's own convolutions and older emitters.
 
     Call before JAX starts its backend (before the first computation): XLA reads the
     variable once, so a later call changes nothing and warns. A flag the user set in

@@ -375,8 +375,12 @@ def test_tune_xla_cpu_adds_its_flags_once_and_never_overrides_the_users(monkeypa
     assert not runtime.tune_xla_cpu()  # already there: nothing added twice
     assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *runtime.XLA_CPU_FLAGS]
     chosen = "--xla_cpu_experimental_ynn_fusion_type=-individual_dot"
-    monkeypatch.setenv("XLA_FLAGS", chosen)  # the user's own value of the same flag wins
-    assert not runtime.tune_xla_cpu() and os.environ["XLA_FLAGS"] == chosen and not runtime.xla_cpu_tuned()
+    monkeypatch.setenv("XLA_FLAGS", chosen)  # the user's own value of a flag wins; the others are added
+    others = [f for f in runtime.XLA_CPU_FLAGS if not f.startswith("--xla_cpu_experimental_ynn_fusion_type=")]
+    assert others and runtime.tune_xla_cpu() and os.environ["XLA_FLAGS"].split() == [chosen, *others]
+    assert not runtime.xla_cpu_tuned()
+    monkeypatch.setenv("XLA_FLAGS", " ".join(f.split("=")[0] + "=x" for f in runtime.XLA_CPU_FLAGS))
+    assert not runtime.tune_xla_cpu()  # every flag named by the user: nothing added
     # XLA stops a process on a flag it does not know: a jaxlib it was not measured on is left alone.
     monkeypatch.delenv("XLA_FLAGS")
     monkeypatch.setattr(runtime.importlib.metadata, "version", lambda name: "0.9.1")

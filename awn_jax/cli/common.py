@@ -58,8 +58,9 @@ def new_flags() -> flags.FlagValues:
     flags.DEFINE_bool("tune_allocator", True, "Keep freed host memory for reuse (glibc), so XLA:CPU's temporaries"
                       " are not page-faulted every step (docs/PERFORMANCE_NOTES.md).", flag_values=fv)
     flags.DEFINE_bool("tune_xla_cpu", True, "Add runtime.XLA_CPU_FLAGS to XLA_FLAGS: XLA:CPU's own convolutions, not"
-                      " YNNPACK's (the LeNet AWN train step 1.2-1.3x faster; docs/PERFORMANCE_NOTES.md). False adds"
-                      " nothing; an XLA_FLAGS inherited from the environment still applies.", flag_values=fv)
+                      " YNNPACK's (the LeNet AWN train step 1.2-1.3x faster), and its older emitters (MobileNetV2's"
+                      " 1.6x; docs/PERFORMANCE_NOTES.md). False adds nothing; an XLA_FLAGS inherited from the"
+                      " environment still applies.", flag_values=fv)
     return fv
 
 
