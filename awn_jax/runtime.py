@@ -46,11 +46,11 @@ def tune_host_allocator() -> bool:
 # the convolutions because the figures were measured so; alone they made no measurable
 # difference either way.
 #
-# XLA:CPU's fusion emitters (jaxlib 0.10's default) compile this project's programs more
-# slowly than its older IR emitters, and their code ran no faster here: with the
-# older ones, the MobileNetV2 AWN+RS train step 1.60x the images/s and its first call
-# 0.88x the seconds, LeNet's 1.06x and 0.80x, the test suite 640 s against 896 s
-# (docs/PERFORMANCE_NOTES.md, "XLA:CPU's fusion emitters").
+# XLA:CPU's older IR emitters instead of its fusion emitters (jaxlib 0.10's default), medians
+# of alternating fresh processes: the AWN+RS train step 1.60x the images/s for MobileNetV2,
+# 1.21x for ResNet-20, 1.06x for LeNet; compiling it 0.88x and 0.80x the seconds for
+# MobileNetV2 and LeNet, 1.10x (about a second more) for ResNet-20; the test suite 640 s
+# against 896 s (docs/PERFORMANCE_NOTES.md, "XLA:CPU's fusion emitters").
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 XLA_CPU_FLAGS = (f"{_YNN_FLAG}=-individual_convolution,-individual_dot", "--xla_cpu_use_fusion_emitters=false")
 # [from, to): the jaxlib releases whose XLA has the flags and for which they were measured.
@@ -75,7 +75,8 @@ def tune_xla_cpu() -> bool:
     backend only; accelerators ignore them.
 
     Returns:
-      True if the flags were added (jaxlib 0.10.x, backend not started, not set already).
+      True if any flag was added (jaxlib 0.10.x, backend not started); a flag the user
+      named is left out.
     """
     try:
         release = tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2])
@@ -89,7 +90,7 @@ def tune_xla_cpu() -> bool:
         return False
     if backend_started():
         warnings.warn("awn_jax.runtime.tune_xla_cpu() was called after JAX started its backend, so XLA:CPU"
-                      " keeps YNNPACK's convolutions; call it before the first JAX computation.", stacklevel=2)
+                      " runs without runtime.XLA_CPU_FLAGS; call it before the first JAX computation.", stacklevel=2)
         return False
     os.environ["XLA_FLAGS"] = " ".join([*_xla_flags(), *new])
     return True

@@ -5,13 +5,15 @@
 
 XLA reads its flags once per process, so each measurement is a child process. For each
 round and model, one child runs with ``--flag`` and one with the flag at XLA's default
-(``--default``), in alternating order; every child applies the library's other flags
-(``runtime.tune_xla_cpu``) and no compilation cache. A child times, for the model's
+(``--default``, which must name the same flag), in alternating order; every child applies
+the library's other flags (``runtime.tune_xla_cpu`` adds none that a child names) and no
+compilation cache. A child times, for the model's
 AWN+RS training config at batch 128 on random data:
 
 - the train step's first call (compiling it, then one step) and its images/s
   (median of ``--steps``);
-- inference at width 1 (batch 256): compiling it, and images/s (median of ``--steps``).
+- inference at width 1 (batch 256): tracing and compiling it, and images/s (median of
+  ``--steps``).
 
 The table gives each figure per round, and the median ratio of the flag's figure to the
 default's, over the rounds: the CPU's speed moves between runs, so only ratios from one
@@ -21,6 +23,7 @@ run compare.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import statistics
@@ -28,9 +31,10 @@ import subprocess
 import sys
 import time
 
+CHILD_TIMEOUT_S = 900
 FIGURES = (("train_first_call_s", "train step: first call (compile + 1 step), s"),
            ("train_images_per_s", "train step: images/s"),
-           ("inference_compile_s", "inference w=1: compile, s"),
+           ("inference_compile_s", "inference w=1: lower + compile, s"),
            ("inference_images_per_s", "inference w=1: images/s"))
 
 
@@ -49,7 +53,15 @@ def _config(name: str):
 
 
 def measure(name: str, steps_timed: int) -> dict[str, float]:
-    """One model's four figures in this process (``FIGURES``)."""
+    """One model's four figures, measured in this process.
+
+    Args:
+      name: ``lenet3c1l``, ``mobilenet_v2`` or a ResNet (``resnet20``).
+      steps_timed: train steps and inference passes per median.
+
+    Returns:
+      The figures by the keys of ``FIGURES``.
+    """
     from awn_jax import runtime
 
     runtime.tune_xla_cpu()
@@ -99,14 +111,19 @@ def measure(name: str, steps_timed: int) -> dict[str, float]:
 
 def _child(name: str, flag: str, steps_timed: int) -> dict[str, float]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip())
-    run = subprocess.run([sys.executable, __file__, "--child", f"--models={name}", f"--steps={steps_timed}"],
-                         env=env, capture_output=True, text=True)
-    if run.returncode:
-        raise SystemExit(f"the {name} child with {flag} failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    try:
+        run = subprocess.run([sys.executable, __file__, "--child", f"--models={name}", f"--steps={steps_timed}"],
+                             env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"the {name} child with {flag} ran past {CHILD_TIMEOUT_S} s") from None
+    lines = run.stdout.strip().splitlines()
+    if run.returncode or not lines:
+        raise SystemExit(f"the {name} child with {flag} failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
+    return json.loads(lines[-1])
 
 
 def main() -> None:
+    """Parses the command line; runs one child's measurement, or the alternating table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flag", default="--xla_cpu_use_fusion_emitters=false", help="the flag to measure")
     parser.add_argument("--default", default="--xla_cpu_use_fusion_emitters=true",
@@ -119,9 +136,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.models, args.steps)))
         return
-    import jax
-
-    print(f"JAX {jax.__version__}; XLA_FLAGS from the environment: {os.environ.get('XLA_FLAGS', '')!r}")
+    if args.flag.split("=", 1)[0] != args.default.split("=", 1)[0]:
+        parser.error(f"--default={args.default} names another flag than --flag={args.flag}; give the same flag"
+                     " at XLA's default value, so that the two children differ in it alone")
+    print(f"jaxlib {importlib.metadata.version('jaxlib')}; XLA_FLAGS from the environment:"
+          f" {os.environ.get('XLA_FLAGS', '')!r}")
     print(f"| model | figure | round | {args.flag} | {args.default} | ratio |\n|---|---|---|---|---|---|")
     for name in args.models.split(","):
         results = []

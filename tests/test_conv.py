@@ -379,8 +379,13 @@ def test_tune_xla_cpu_adds_its_flags_once_and_never_overrides_the_users(monkeypa
     others = [f for f in runtime.XLA_CPU_FLAGS if not f.startswith("--xla_cpu_experimental_ynn_fusion_type=")]
     assert others and runtime.tune_xla_cpu() and os.environ["XLA_FLAGS"].split() == [chosen, *others]
     assert not runtime.xla_cpu_tuned()
-    monkeypatch.setenv("XLA_FLAGS", " ".join(f.split("=")[0] + "=x" for f in runtime.XLA_CPU_FLAGS))
-    assert not runtime.tune_xla_cpu()  # every flag named by the user: nothing added
+    opt_out = "--xla_cpu_use_fusion_emitters=true"  # XLA's default emitters, the YNNPACK flag still added
+    monkeypatch.setenv("XLA_FLAGS", opt_out)
+    assert runtime.tune_xla_cpu() and runtime.xla_cpu_tuned()
+    assert os.environ["XLA_FLAGS"].split() == [opt_out, *(f for f in runtime.XLA_CPU_FLAGS if "emitters" not in f)]
+    named = " ".join(f.split("=")[0] + "=x" for f in runtime.XLA_CPU_FLAGS)
+    monkeypatch.setenv("XLA_FLAGS", named)
+    assert not runtime.tune_xla_cpu() and os.environ["XLA_FLAGS"] == named  # every flag named: nothing added
     # XLA stops a process on a flag it does not know: a jaxlib it was not measured on is left alone.
     monkeypatch.delenv("XLA_FLAGS")
     monkeypatch.setattr(runtime.importlib.metadata, "version", lambda name: "0.9.1")
