@@ -228,11 +228,13 @@ def _record_costs(module: nn.Module, width: float | None, count: Callable[..., t
       count: ``(params, macs, computed_macs)`` of the active channel counts.
       *channels: per count, :attr:`CostRule.channels`' ``(active, full, sliced)``.
     """
+    if module.is_initializing():  # init records nothing: no counts to work out
+        return
     rule = CostRule(width, tuple(channels), count)
     for name, value in zip(COST_NAMES, rule.counts):
-        _record(module, "costs", name, value)
+        module.sow("costs", name, value)
     rules = _COST_RULES.get()
-    if rules is not None and not module.is_initializing():
+    if rules is not None:
         rules.append((module.scope.path, rule))
 
 
