@@ -53,10 +53,8 @@ def _merge(target: ml_collections.ConfigDict, saved: dict, where: str) -> None:
             raise CheckpointError(f"{where}: unknown field {key!r}; the file was edited or is from another program.")
         if isinstance(target[key], ml_collections.ConfigDict):
             _merge(target[key], value, where)
-        elif isinstance(value, list):
-            target[key] = tuple(value)
         else:
-            target[key] = value
+            target[key] = io.json_tuples(value)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

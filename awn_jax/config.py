@@ -13,7 +13,7 @@ import ml_collections
 from awn_jax.data import DATASETS
 from awn_jax.images import MIN_CROP_SCALE
 from awn_jax.layers import INITS
-from awn_jax.models import MODELS, VARIANTS
+from awn_jax.models import MODELS, VARIANTS, MobileNetV2
 from awn_jax.widths import snet_widths
 
 __all__ = ["base_config", "lenet_config", "mobilenet_config", "resnet_config", "imagenet_config", "validate",
@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model_args = ml_collections.ConfigDict()
     c.model_args.width_multiplier = ml_collections.FieldReference(None, field_type=float)
     c.model_args.bn_widths = ml_collections.FieldReference(None, field_type=tuple)
+    # MobileNetV2's inverted-residual settings, (t, c, n, s) per stage; None: the model's own.
+    c.model_args.block_settings = ml_collections.FieldReference(None, field_type=tuple)
     # he: He-normal fan-out convs, LeCun-normal dense, zero biases (the slimmable networks' code);
     # reference: PyTorch's defaults, which the AWN authors' LeNet ran with (awn_jax.layers.INITS).
     c.model_args.param_init = "he"
@@ -246,6 +248,22 @@ def _check_width(field: str, value) -> None:
         _fail(field, f"{value!r} is not a width", "use a number in (0, 1]")
 
 
+def _check_block_settings(c: ml_collections.ConfigDict) -> None:
+    settings = c.model_args.block_settings
+    if settings is None:
+        return
+    if not issubclass(MODELS[c.model], MobileNetV2):
+        _fail("model_args.block_settings", f"set for model {c.model!r}",
+              "only MobileNetV2's layouts take block settings; leave it unset")
+    if not settings:
+        _fail("model_args.block_settings", "no stages listed", "list (t, c, n, s) per stage, or leave it unset")
+    for i, stage in enumerate(settings):
+        if (not isinstance(stage, (tuple, list)) or len(stage) != 4
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in stage)):
+            _fail(f"model_args.block_settings[{i}]", f"{stage!r} is not a stage (t, c, n, s)",
+                  "give it 4 positive integers: expansion, channels, blocks, stride")
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field a run depends on; raises :class:`ConfigError` on the first problem."""
     if c.model not in MODELS:
@@ -279,6 +297,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     multiplier = c.model_args.width_multiplier
     if multiplier is not None and not (multiplier > 0 and math.isfinite(multiplier)):
         _fail("model_args.width_multiplier", f"{multiplier!r} is not a positive number", "use e.g. 1.0 or 1.4142")
+    _check_block_settings(c)
     for field in ("data.train_examples", "data.test_examples", "data.workers", "data.image_size",
                   "sweep.throughput_repeats"):
         value = _field(c, field)

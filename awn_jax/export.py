@@ -162,11 +162,6 @@ def _fields(model: nn.Module) -> dict[str, Any]:
     return fields
 
 
-def _tuples(value: Any) -> Any:
-    """JSON lists back to the tuples the model fields were (hashable, as Flax needs)."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
 def _new_directory(directory: str) -> str:
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and os.listdir(directory):
@@ -200,7 +195,7 @@ def load(directory: str) -> tuple[nn.Module, dict]:
         if spec.get("format") == "stablehlo":
             raise ValueError("it is a StableHLO export: run it with jax.export.deserialize(<model.stablehlo>)")
         cls = _CLASSES[spec["class"]]
-        fields = {name: _tuples(value) for name, value in spec["fields"].items()}
+        fields = {name: io.json_tuples(value) for name, value in spec["fields"].items()}
         if fields.get("variant") != PLAIN:
             raise ValueError(f"variant {fields.get('variant')!r} is not {PLAIN!r}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:

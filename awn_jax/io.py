@@ -26,7 +26,7 @@ import signal
 import socket
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = [
     "WorkdirBusyError",
@@ -47,6 +47,7 @@ __all__ = [
     "dir_bytes",
     "check_output_file",
     "check_new_directory",
+    "json_tuples",
 ]
 
 
@@ -57,6 +58,12 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+
+def json_tuples(value: Any) -> Any:
+    """JSON's lists back as the tuples they were written from, nested (config and model fields:
+    hashable, as Flax modules and jit's static arguments need)."""
+    return tuple(map(json_tuples, value)) if isinstance(value, list) else value
 
 
 def atomic_write(path: str, content: str | bytes) -> None:

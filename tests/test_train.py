@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from awn_jax import checkpoints, config as config_lib, data, optim, sharding, train
-from awn_jax.models import from_config
+from awn_jax.models import MobileNetV2, from_config
 from awn_jax.widths import step_widths
 from helpers import CHECKOUT, fake_split, load_config, tiny_config
 
 # The MobileNetV2 and ResNet configs are built, not trained, below: tests/test_notebooks.py trains
-# mbv2_cifar10's config (mobilenet_config("cifar10")) through train_and_evaluate on CPU, and
-# mbv2_cifar100 differs from it only in its data; the ResNets' steps are tested in tests/test_steps.py.
+# mbv2_cifar10's config (mobilenet_config("cifar10"), on fewer blocks: the same code) through
+# train_and_evaluate on CPU, and mbv2_cifar100 differs from it only in its data; the whole CIFAR
+# layout runs in tests/test_models.py, and the ResNets' steps are tested in tests/test_steps.py.
 CONFIGS = ["lenet_fmnist", "lenet_cifar10", "lenet_cifar100"]
 
 
@@ -173,6 +174,29 @@ def test_snet_lists_the_widths_it_trains_unless_told_otherwise_and_trains_only_l
     config.model_args.bn_widths, config.widths.mode = None, "sandwich"
     with pytest.raises(config_lib.ConfigError, match="config.widths.mode: S-Net"):
         config_lib.validate(config)
+
+
+def test_mobilenet_block_settings_build_the_model_and_survive_the_saved_config(tmp_path):
+    config = load_config("mbv2_cifar10")
+    assert from_config(config, 10).block_settings == MobileNetV2.block_settings  # unset: the model's own
+    config.model_args.block_settings = ((1, 8, 1, 1), (6, 12, 2, 2))
+    model = from_config(config_lib.validate(config), 10)
+    assert model.block_settings == ((1, 8, 1, 1), (6, 12, 2, 2))
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert sorted(k for k in params if k.startswith("blocks")) == ["blocks_0", "blocks_1", "blocks_2"]  # 1 + 2
+    # config.json stores them as nested lists; a resumed run reads back the same (hashable) tuples.
+    (tmp_path / "config.json").write_text(config.to_json_best_effort())
+    assert checkpoints.load_config(str(tmp_path)).model_args.block_settings == config.model_args.block_settings
+    checkpoints.check_same_run(str(tmp_path), config)
+    for settings, match in [((), "block_settings: no stages listed"),
+                            (((1, 8, 1),), r"block_settings\[0\]: \(1, 8, 1\) is not a stage"),
+                            (((1, 8, 1, 1), (6, 0, 2, 2)), r"block_settings\[1\]: .* 4 positive integers")]:
+        config.model_args.block_settings = settings
+        with pytest.raises(config_lib.ConfigError, match=match):
+            config_lib.validate(config)
+    lenet = tiny_config(**{"model_args.block_settings": ((1, 8, 1, 1),)})
+    with pytest.raises(config_lib.ConfigError, match="set for model 'lenet3c1l'; only MobileNetV2"):
+        config_lib.validate(lenet)
 
 
 def _main(*args, env_extra=None):
