@@ -199,6 +199,30 @@ def test_mobilenet_block_settings_build_the_model_and_survive_the_saved_config(t
         config_lib.validate(lenet)
 
 
+TENSORBOARD_WITHOUT_TORCH = """
+import glob, sys
+from awn_jax.metrics_log import MetricsLog
+log = MetricsLog(sys.argv[1])
+log.write(3, "train", {"loss": 0.5, "acc": [0.25, 0.75]})
+log.close()
+assert "torch" not in sys.modules, "the training log imported torch"
+import torch  # this process can still import it
+print(torch.FAKE, len(glob.glob(sys.argv[1] + "/tensorboard/events.out.tfevents.*")))
+"""
+
+
+def test_the_training_log_writes_tensorboard_events_without_importing_torch(tmp_path):
+    # A stand-in torch first on the path: tensorboardX imports torch whenever it can.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("FAKE = 'fake torch'\nTensor = object\n")
+    run = subprocess.run([sys.executable, "-c", TENSORBOARD_WITHOUT_TORCH, str(tmp_path / "wd")],
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{CHECKOUT}"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["fake", "torch", "1"]
+    assert json.loads((tmp_path / "wd" / "metrics.jsonl").read_text())["loss"] == 0.5
+
+
 def _main(*args, env_extra=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "awn_jax.main", *args], cwd=CHECKOUT, env=env,
