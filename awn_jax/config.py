@@ -257,6 +257,9 @@ def _check_block_settings(c: ml_collections.ConfigDict) -> None:
               "only MobileNetV2's layouts take block settings; leave it unset")
     if not settings:
         _fail("model_args.block_settings", "no stages listed", "list (t, c, n, s) per stage, or leave it unset")
+    if all(isinstance(v, int) for v in settings):
+        _fail("model_args.block_settings", f"{settings!r} is one stage, not a tuple of stages",
+              f"write ({settings!r},) with the trailing comma")
     for i, stage in enumerate(settings):
         if (not isinstance(stage, (tuple, list)) or len(stage) != 4
                 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in stage)):

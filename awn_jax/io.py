@@ -1,4 +1,4 @@
-"""Small file helpers shared by the library and the experiments: atomic writes and the workdir layout.
+"""Small file helpers shared by the library and the experiments: atomic writes, the workdir layout, JSON.
 
 A training workdir holds::
 
@@ -61,8 +61,10 @@ _UMASK = _current_umask()
 
 
 def json_tuples(value: Any) -> Any:
-    """JSON's lists back as the tuples they were written from, nested (config and model fields:
-    hashable, as Flax modules and jit's static arguments need)."""
+    """JSON's lists, nested ones too, back as the tuples they were written from.
+
+    Config and model fields are tuples: hashable, as Flax modules and jit's static arguments need.
+    """
     return tuple(map(json_tuples, value)) if isinstance(value, list) else value
 
 

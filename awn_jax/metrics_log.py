@@ -23,19 +23,21 @@ def _plain(value: Any) -> Any:
 def _summary_writer(directory: str):
     """tensorboardX's ``SummaryWriter``, imported without torch.
 
-    tensorboardX imports torch whenever it is installed (the bench extra; Colab's images),
-    only to accept torch tensors, which these logs never pass. That import took 2.3 s of
-    every training command's start on a 2-core CPU. Hidden for the import alone (``import
-    torch`` fails while ``sys.modules`` maps it to None), so a later ``import torch`` in
-    this process works as usual.
+    tensorboardX imports torch whenever it is installed (the bench extra; Colab's images)
+    for a type annotation alone (it converts torch tensors with a later import of its own),
+    and torch's import is seconds of every training command's start. It is hidden for
+    tensorboardX's first import only: ``sys.modules`` maps it to None, so ``import torch``
+    fails meanwhile, and this process imports it as usual afterwards. That window is at
+    start-up, before any thread of this library's imports torch; a torch already imported
+    is left as it is.
     """
-    hide = "torch" not in sys.modules
+    hide = "tensorboardX" not in sys.modules and "torch" not in sys.modules
     if hide:
-        sys.modules["torch"] = None
+        sys.modules.setdefault("torch", None)  # never replaces a torch that another thread imported since
     try:
         from tensorboardX import SummaryWriter
     finally:
-        if hide:
+        if hide and "torch" in sys.modules and sys.modules["torch"] is None:
             del sys.modules["torch"]
     return SummaryWriter(directory)
 

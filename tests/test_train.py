@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from awn_jax import checkpoints, config as config_lib, data, optim, sharding, train
+from awn_jax.cli import train as train_cli
 from awn_jax.models import MobileNetV2, from_config
 from awn_jax.widths import step_widths
 from helpers import CHECKOUT, fake_split, load_config, tiny_config
@@ -179,16 +180,33 @@ def test_snet_lists_the_widths_it_trains_unless_told_otherwise_and_trains_only_l
 def test_mobilenet_block_settings_build_the_model_and_survive_the_saved_config(tmp_path):
     config = load_config("mbv2_cifar10")
     assert from_config(config, 10).block_settings == MobileNetV2.block_settings  # unset: the model's own
-    config.model_args.block_settings = ((1, 8, 1, 1), (6, 12, 2, 2))
+    # As the README's flag gives them.
+    argv = ["prog", f"--config={CHECKOUT}/configs/mbv2_cifar10.py", f"--workdir={tmp_path}",
+            "--config.model_args.block_settings=((1,8,1,1),(6,12,2,2))"]
+    fv = train_cli.define_flags(argv)
+    fv(argv)
+    config = fv.config
     model = from_config(config_lib.validate(config), 10)
     assert model.block_settings == ((1, 8, 1, 1), (6, 12, 2, 2))
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     assert sorted(k for k in params if k.startswith("blocks")) == ["blocks_0", "blocks_1", "blocks_2"]  # 1 + 2
-    # config.json stores them as nested lists; a resumed run reads back the same (hashable) tuples.
-    (tmp_path / "config.json").write_text(config.to_json_best_effort())
-    assert checkpoints.load_config(str(tmp_path)).model_args.block_settings == config.model_args.block_settings
+    # config.json stores them as nested lists; a resumed run reads back the same tuples, and
+    # another layout is another run.
+    checkpoints.save_config(str(tmp_path), config)
+    assert checkpoints.load_config(str(tmp_path)).model_args.block_settings == ((1, 8, 1, 1), (6, 12, 2, 2))
     checkpoints.check_same_run(str(tmp_path), config)
+    other = load_config("mbv2_cifar10")
+    other.model_args.block_settings = ((1, 8, 1, 1),)
+    with pytest.raises(checkpoints.CheckpointError, match="model_args.block_settings: saved"):
+        checkpoints.check_same_run(str(tmp_path), other)
+    # Stages given as lists (a notebook, a flag in list syntax) build a model that hashes, as jit needs.
+    other.model_args.block_settings = ([1, 8, 1, 1], [6, 12, 2, 2])
+    assert hash(from_config(config_lib.validate(other), 10)) == hash(model)
+    imagenet = load_config("mbv2_imagenet")  # MobileNetV2's other layout takes them too
+    imagenet.model_args.block_settings = ((1, 16, 1, 1),)
+    assert from_config(config_lib.validate(imagenet), 1000).block_settings == ((1, 16, 1, 1),)
     for settings, match in [((), "block_settings: no stages listed"),
+                            ((1, 8, 1, 1), r"\(1, 8, 1, 1\) is one stage, not a tuple of stages; write \(\(1, 8"),
                             (((1, 8, 1),), r"block_settings\[0\]: \(1, 8, 1\) is not a stage"),
                             (((1, 8, 1, 1), (6, 0, 2, 2)), r"block_settings\[1\]: .* 4 positive integers")]:
         config.model_args.block_settings = settings
@@ -202,22 +220,24 @@ def test_mobilenet_block_settings_build_the_model_and_survive_the_saved_config(t
 TENSORBOARD_WITHOUT_TORCH = """
 import glob, sys
 from awn_jax.metrics_log import MetricsLog
+before = __import__("torch") if sys.argv[2] == "torch first" else None
 log = MetricsLog(sys.argv[1])
 log.write(3, "train", {"loss": 0.5, "acc": [0.25, 0.75]})
 log.close()
-assert "torch" not in sys.modules, "the training log imported torch"
+assert sys.modules.get("torch") is before, "the training log imported torch, or dropped the one imported"
 import torch  # this process can still import it
 print(torch.FAKE, len(glob.glob(sys.argv[1] + "/tensorboard/events.out.tfevents.*")))
 """
 
 
-def test_the_training_log_writes_tensorboard_events_without_importing_torch(tmp_path):
+@pytest.mark.parametrize("first", ["log first", "torch first"])
+def test_the_training_log_writes_tensorboard_events_without_importing_torch(tmp_path, first):
     # A stand-in torch first on the path: tensorboardX imports torch whenever it can.
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("FAKE = 'fake torch'\nTensor = object\n")
-    run = subprocess.run([sys.executable, "-c", TENSORBOARD_WITHOUT_TORCH, str(tmp_path / "wd")],
-                         capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{CHECKOUT}"))
+    path = os.pathsep.join(p for p in (str(tmp_path), CHECKOUT, os.environ.get("PYTHONPATH")) if p)
+    run = subprocess.run([sys.executable, "-c", TENSORBOARD_WITHOUT_TORCH, str(tmp_path / "wd"), first],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=path))
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["fake", "torch", "1"]
     assert json.loads((tmp_path / "wd" / "metrics.jsonl").read_text())["loss"] == 0.5

@@ -38,6 +38,8 @@ def from_config(config: Any, num_classes: int) -> nn.Module:
     (``train.training_model``).
     """
     kwargs = {k: v for k, v in config.model_args.items() if v is not None}
+    if "block_settings" in kwargs:  # stages given as lists (JSON, a flag, a notebook): a module must hash
+        kwargs["block_settings"] = tuple(map(tuple, kwargs["block_settings"]))
     if config.variant == "snet":
         kwargs["bn_widths"] = snet_widths(config)
     return create_model(config.model, variant=config.variant, num_classes=num_classes,
