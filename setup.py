@@ -29,10 +29,12 @@ setup(
         "flatbuffers>=24",  # jax.export's serialization (python -m awn_jax.export --format=stablehlo)
     ],
     # The notebooks run in the tests (nbclient on an ipykernel), so they cannot rot.
-    # pytest-xdist: the suite runs on 2 processes (compilation is single-threaded).
+    # pytest-xdist: the suite runs on 2 processes (compilation is single-threaded). pytest < 9.2:
+    # on 9.2, xdist 3.8's --dist loadgroup groups nothing (pytest-dev/pytest-xdist#1386), and
+    # each worker would build the suite's shared fixtures (tests/test_conftest.py checks).
     # bench: the PyTorch side of python -m awn_jax.bench (a CPU build where the index has one:
     # pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu).
     extras_require={"bench": ["torch==2.13.0"],
-                    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "nbclient>=0.10",
+                    "test": ["pytest>=8,<9.2", "pytest-xdist>=3.5", "hypothesis>=6.100", "nbclient>=0.10",
                              "nbformat>=5.10", "ipykernel>=6.29"]},
 )
