@@ -27,9 +27,8 @@ def _summary_writer(directory: str):
     for a type annotation alone (it converts torch tensors with a later import of its own),
     and torch's import is seconds of every training command's start. It is hidden for
     tensorboardX's first import only: ``sys.modules`` maps it to None, so ``import torch``
-    fails meanwhile, and this process imports it as usual afterwards. That window is at
-    start-up, before any thread of this library's imports torch; a torch already imported
-    is left as it is.
+    fails meanwhile (no thread of this library imports it), and this process imports it as
+    usual afterwards. A torch already imported is left as it is.
     """
     hide = "tensorboardX" not in sys.modules and "torch" not in sys.modules
     if hide:
