@@ -54,7 +54,7 @@ def _merge(target: ml_collections.ConfigDict, saved: dict, where: str) -> None:
         if isinstance(target[key], ml_collections.ConfigDict):
             _merge(target[key], value, where)
         else:
-            target[key] = io.json_tuples(value)
+            target[key] = io.nested_tuples(value)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

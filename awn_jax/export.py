@@ -195,7 +195,7 @@ def load(directory: str) -> tuple[nn.Module, dict]:
         if spec.get("format") == "stablehlo":
             raise ValueError("it is a StableHLO export: run it with jax.export.deserialize(<model.stablehlo>)")
         cls = _CLASSES[spec["class"]]
-        fields = {name: io.json_tuples(value) for name, value in spec["fields"].items()}
+        fields = {name: io.nested_tuples(value) for name, value in spec["fields"].items()}
         if fields.get("variant") != PLAIN:
             raise ValueError(f"variant {fields.get('variant')!r} is not {PLAIN!r}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the library and the experiments: atomic writes, the workdir layout, JSON.
+"""Small file helpers shared by the library and the experiments: atomic writes, the workdir layout, tuples.
 
 A training workdir holds::
 
@@ -47,7 +47,7 @@ __all__ = [
     "dir_bytes",
     "check_output_file",
     "check_new_directory",
-    "json_tuples",
+    "nested_tuples",
 ]
 
 
@@ -60,12 +60,13 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def json_tuples(value: Any) -> Any:
-    """JSON's lists, nested ones too, back as the tuples they were written from.
+def nested_tuples(value: Any) -> Any:
+    """Lists and tuples, nested ones too, as tuples; anything else as it is.
 
-    Config and model fields are tuples: hashable, as Flax modules and jit's static arguments need.
+    Config and model fields hold tuples, the hashable form that Flax modules and jit's static
+    arguments need; JSON reads them back as lists, and a notebook or a flag may give lists.
     """
-    return tuple(map(json_tuples, value)) if isinstance(value, list) else value
+    return tuple(map(nested_tuples, value)) if isinstance(value, (list, tuple)) else value
 
 
 def atomic_write(path: str, content: str | bytes) -> None:

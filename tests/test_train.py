@@ -14,7 +14,7 @@ from awn_jax import checkpoints, config as config_lib, data, optim, sharding, tr
 from awn_jax.cli import train as train_cli
 from awn_jax.models import MobileNetV2, from_config
 from awn_jax.widths import step_widths
-from helpers import CHECKOUT, fake_split, load_config, tiny_config
+from helpers import CHECKOUT, checkout_env, fake_split, load_config, tiny_config
 
 # The MobileNetV2 and ResNet configs are built, not trained, below: tests/test_notebooks.py trains
 # mbv2_cifar10's config (mobilenet_config("cifar10"), on fewer blocks: the same code) through
@@ -235,9 +235,10 @@ def test_the_training_log_writes_tensorboard_events_without_importing_torch(tmp_
     # A stand-in torch first on the path: tensorboardX imports torch whenever it can.
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("FAKE = 'fake torch'\nTensor = object\n")
-    path = os.pathsep.join(p for p in (str(tmp_path), CHECKOUT, os.environ.get("PYTHONPATH")) if p)
+    env = checkout_env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
     run = subprocess.run([sys.executable, "-c", TENSORBOARD_WITHOUT_TORCH, str(tmp_path / "wd"), first],
-                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=path))
+                         capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["fake", "torch", "1"]
     assert json.loads((tmp_path / "wd" / "metrics.jsonl").read_text())["loss"] == 0.5

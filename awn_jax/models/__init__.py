@@ -6,7 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from awn_jax import conv
+from awn_jax import conv, io
 from awn_jax.models.common import PLAIN, VARIANTS, channel_sizes, variant_spec
 from awn_jax.models.lenet import LeNet3C1L
 from awn_jax.models.mobilenet_v2 import MobileNetV2, MobileNetV2ImageNet
@@ -37,9 +37,8 @@ def from_config(config: Any, num_classes: int) -> nn.Module:
     (``conv.PlatformInference``); training programs swap in the training lowering
     (``train.training_model``).
     """
-    kwargs = {k: v for k, v in config.model_args.items() if v is not None}
-    if "block_settings" in kwargs:  # stages given as lists (JSON, a flag, a notebook): a module must hash
-        kwargs["block_settings"] = tuple(map(tuple, kwargs["block_settings"]))
+    # Sequences as tuples (stages given as lists by a notebook or a flag): a module must hash.
+    kwargs = {k: io.nested_tuples(v) for k, v in config.model_args.items() if v is not None}
     if config.variant == "snet":
         kwargs["bn_widths"] = snet_widths(config)
     return create_model(config.model, variant=config.variant, num_classes=num_classes,
